@@ -1,5 +1,5 @@
 """Registries at the plug points of genrl: policies, explorers, rewards, advantage
-estimators, objectives and prompt sources. Nothing else is looked up by name.
+estimators, objectives, prompt sources and benchmarks. Nothing else is looked up by name.
 
 A registered component is a class with a ``Config`` dataclass attribute; recipes name the
 component (``name: sde``) and give its config fields next to the name.
@@ -52,3 +52,4 @@ REWARDS = Registry("rewards")
 ADVANTAGES = Registry("advantage estimators")
 OBJECTIVES = Registry("objectives")
 PROMPTS = Registry("prompt sources")
+BENCHMARKS = Registry("benchmarks")

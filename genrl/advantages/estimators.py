@@ -1,0 +1,121 @@
+"""Advantage estimators (a plug point): they decide how reward components are normalised and combined.
+
+Inputs are *global* (gathered from all ranks): rewards ``[N, C]``, component weights ``[C]``, the
+group id of each sample ``[N]`` and a validity mask ``[N]`` (samples whose reward failed get
+advantage 0 and are ignored by the statistics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from genrl.config.validate import option
+from genrl.registry import ADVANTAGES
+
+
+@dataclass
+class AdvantageOutput:
+    advantages: torch.Tensor  # [N]
+    metrics: dict[str, float]
+
+
+def _combine(rewards: torch.Tensor, weights: torch.Tensor, normalize, mode: str) -> torch.Tensor:
+    """``sum_then_normalize``: A = norm(sum_c w_c r_c) (Flow-GRPO);
+    ``normalize_then_sum``: A = sum_c w_c norm(r_c) (per-component normalisation, e.g. KVPO/GDPO)."""
+    if mode == "sum_then_normalize":
+        return normalize(rewards @ weights)
+    return torch.stack([normalize(rewards[:, c]) for c in range(rewards.shape[1])], 1) @ weights
+
+
+@ADVANTAGES.register("group_relative")
+class GroupRelative:
+    """GRPO: A_i = (r_i - mean_group) / (std_group + eps), the group being the samples of one prompt.
+
+    Groups whose rewards are all equal carry no signal (A = 0); their share is logged as
+    ``adv/zero_std_group_share``.
+    """
+
+    @dataclass
+    class Config:
+        eps: float = option(default=1e-4, help="Added to the std before dividing.")
+        combine: Literal["sum_then_normalize", "normalize_then_sum"] = option(
+            default="sum_then_normalize", help="Normalise the weighted sum of components, or each component."
+        )
+        std_scope: Literal["group", "batch"] = option(
+            default="group", help="Divide by the group's std (GRPO) or the whole batch's std (Flow-GRPO global_std)."
+        )
+        zero_std_tol: float = option(default=1e-6, help="A group with reward std below this counts as zero-std.")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __call__(self, rewards: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor,
+                 valid: torch.Tensor) -> AdvantageOutput:
+        cfg = self.config
+        uniq, inv = torch.unique(groups, return_inverse=True)
+        zero_std = torch.zeros(len(uniq), dtype=torch.bool)
+
+        def normalize(r: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(r)
+            batch_std = r[valid].std() if valid.sum() > 1 else torch.tensor(0.0)
+            for g in range(len(uniq)):
+                m = (inv == g) & valid
+                if m.sum() == 0:
+                    continue
+                rg = r[m]
+                std = rg.std(unbiased=False) if len(rg) > 1 else torch.tensor(0.0)
+                if std < cfg.zero_std_tol:
+                    zero_std[g] = True
+                    continue
+                denom = std if cfg.std_scope == "group" else batch_std
+                out[m] = (rg - rg.mean()) / (denom + cfg.eps)
+            return out
+
+        adv = _combine(rewards.float(), weights.float(), normalize, cfg.combine)
+        adv = torch.where(valid, adv, torch.zeros_like(adv))
+        return AdvantageOutput(adv, {"adv/zero_std_group_share": float(zero_std.float().mean()),
+                                     "adv/mean": float(adv.mean()), "adv/std": float(adv.std()),
+                                     "adv/abs_max": float(adv.abs().max())})
+
+
+@ADVANTAGES.register("batch_normalized")
+class BatchNormalized:
+    """A_i = (r_i - mean_batch) / (std_batch + eps): DDPO / Gen-Drive style, no groups needed."""
+
+    @dataclass
+    class Config:
+        eps: float = option(default=1e-4, help="Added to the std before dividing.")
+        combine: Literal["sum_then_normalize", "normalize_then_sum"] = option(
+            default="sum_then_normalize", help="Normalise the weighted sum of components, or each component."
+        )
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __call__(self, rewards: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor,
+                 valid: torch.Tensor) -> AdvantageOutput:
+        def normalize(r: torch.Tensor) -> torch.Tensor:
+            rv = r[valid]
+            if len(rv) < 2:
+                return torch.zeros_like(r)
+            return (r - rv.mean()) / (rv.std(unbiased=False) + self.config.eps)
+
+        adv = _combine(rewards.float(), weights.float(), normalize, self.config.combine)
+        adv = torch.where(valid, adv, torch.zeros_like(adv))
+        return AdvantageOutput(adv, {"adv/mean": float(adv.mean()), "adv/std": float(adv.std()),
+                                     "adv/abs_max": float(adv.abs().max())})

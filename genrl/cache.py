@@ -1,0 +1,58 @@
+"""Models that the project's own recipes make (base generators, reward models, judges) are built
+once and cached under ``$GENRL_CACHE`` (default ``~/.cache/genrl``), keyed by the hash of the
+resolved recipe that made them — change the recipe, get a new artifact; never a stale one.
+
+Builds go to a temporary folder that is renamed into place, under a file lock, so two processes
+(two ranks, two runs) never build the same artifact twice or see a half-written one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from genrl.config.load import load_recipe, recipe_hash
+from genrl.config.validate import RecipeError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GENRL_CACHE", "~/.cache/genrl")).expanduser()
+
+
+def resolve_recipe_path(path: str, *, referenced_from: str | None = None, key: str = "") -> Path:
+    """A recipe path as written in another recipe: absolute, relative to the working directory,
+    or relative to the project root (so recipes work from any directory in a source checkout)."""
+    p = Path(path).expanduser()
+    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]):
+        if cand.is_file():
+            return cand.resolve()
+    raise RecipeError(referenced_from, key, f"recipe file {path!r} not found (looked in {Path.cwd()} and {PROJECT_ROOT})")
+
+
+def cached_artifact(recipe_file: Path, schema: type, kind: str, build: Callable[[object, Path], None]) -> Path:
+    """Return the cache folder of the artifact that ``recipe_file`` makes, building it if needed."""
+    config, resolved = load_recipe(recipe_file, schema)
+    target = cache_root() / kind / recipe_hash(resolved)
+    if (target / "checkpoint.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "checkpoint.json").is_file():  # another process built it while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(config, tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target

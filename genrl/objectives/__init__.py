@@ -1,0 +1,4 @@
+"""Objectives (algorithms): a policy + a rollout minibatch with advantages -> a loss."""
+
+from genrl.objectives.base import LossOutput  # noqa: F401
+from genrl.objectives.flow_grpo import FlowGRPO  # noqa: F401

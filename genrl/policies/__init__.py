@@ -1,0 +1,3 @@
+"""Policies: model adapters that sample stochastically and re-score their own samples."""
+
+from genrl.policies.flow_image import FlowImagePolicy  # noqa: F401

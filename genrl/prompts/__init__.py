@@ -1,0 +1,3 @@
+"""Prompt sources: what each training step conditions on."""
+
+from genrl.prompts.classes import ClassPrompts  # noqa: F401

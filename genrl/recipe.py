@@ -1,0 +1,101 @@
+"""The training recipe schema: one YAML file -> one typed, validated ``TrainRecipe``.
+
+Every field has a help string (``genrl recipe explain`` prints them). Components (policy, explorer,
+prompts, rewards, advantage, objective, eval) are named entries of the registries in
+``genrl.registry``; their fields sit next to their ``name``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from genrl.config.validate import ComponentSpec, component, option
+from genrl.registry import ADVANTAGES, BENCHMARKS, EXPLORERS, OBJECTIVES, POLICIES, PROMPTS, REWARDS
+
+
+def _register_builtins() -> None:
+    """Import the modules whose decorators fill the registries."""
+    import genrl.advantages  # noqa: F401
+    import genrl.eval.digits  # noqa: F401
+    import genrl.explorers  # noqa: F401
+    import genrl.objectives  # noqa: F401
+    import genrl.policies  # noqa: F401
+    import genrl.prompts  # noqa: F401
+    import genrl.rewards  # noqa: F401
+
+
+_register_builtins()
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = option(help="Training steps (one rollout + its updates each).")
+    prompts_per_step: int = option(help="Prompts per step, over all processes.")
+    group_size: int = option(help="Samples per prompt (G); advantages are relative within a group.")
+    minibatch_size: int = option(help="Samples per optimizer update, over all processes.")
+    micro_batch_size: int = option(default=32, help="Samples per forward/backward on one process (gradient accumulation).")
+    inner_epochs: int = option(default=1, help="Passes over each rollout batch (K).")
+    lr: float = option(default=1e-4, help="AdamW learning rate.")
+    weight_decay: float = option(default=0.0, help="AdamW weight decay.")
+    adam_betas: list[float] = option(default_factory=lambda: [0.9, 0.999], help="AdamW betas.")
+    adam_eps: float = option(default=1e-8, help="AdamW epsilon.")
+    max_grad_norm: float = option(default=1.0, help="Gradient-norm clip.")
+    lr_schedule: Literal["constant", "cosine"] = option(default="constant", help="LR schedule after warm-up.")
+    warmup_steps: int = option(default=0, help="Linear warm-up, in optimizer updates.")
+    ema_decay: float | None = option(default=None, help="EMA of the trained weights (used for sampling); null = off.")
+    checkpoint_every: int = option(default=0, help="Checkpoint every N steps (0 = only at the end).")
+    keep_last: int = option(default=2, help="Checkpoints kept.")
+    max_invalid_reward_share: float = option(
+        default=0.05, help="Stop the run when more than this share of samples got a NaN/failed reward."
+    )
+    rollout_depth: Literal[0] = option(
+        default=0, help="Rollouts produced ahead of the update (0 = on-policy; >0 reserved for async modes)."
+    )
+
+    def validate(self) -> None:
+        for name in ("steps", "prompts_per_step", "group_size", "minibatch_size", "micro_batch_size", "inner_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1")
+        batch = self.prompts_per_step * self.group_size
+        if batch % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size: must divide the rollout batch prompts_per_step x group_size = {batch}"
+            )
+        if len(self.adam_betas) != 2:
+            raise ValueError("adam_betas: expected two numbers")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError("ema_decay: must be in (0, 1) or null")
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = option(default=True, help="Write TensorBoard scalars to RUN_DIR/tb.")
+    wandb: bool = option(default=False, help="Also log to Weights & Biases (needs `pip install wandb`).")
+    wandb_project: str = option(default="genrl", help="W&B project.")
+    progress: bool = option(default=True, help="Show progress bars.")
+
+
+@dataclass
+class TrainRecipe:
+    run_dir: str = option(help="Run directory (checkpoints, logs, manifest); --run-dir overrides.")
+    policy: ComponentSpec = component(POLICIES, help="The model being trained.")
+    explorer: ComponentSpec = component(EXPLORERS, help="Where the diversity of a group comes from.")
+    prompts: ComponentSpec = component(PROMPTS, help="What each step conditions on.")
+    rewards: list[ComponentSpec] = component(REWARDS, help="Reward components, each with a weight.")
+    trainer: TrainerConfig = option(help="Batch sizes, optimizer, schedule, checkpoints.")
+    advantage: ComponentSpec = component(ADVANTAGES, default={"name": "group_relative"}, help="Advantage estimator.")
+    objective: ComponentSpec = component(OBJECTIVES, default={"name": "flow_grpo"}, help="The loss.")
+    eval: ComponentSpec | None = component(BENCHMARKS, default=None, help="Benchmark run before and after training.")
+    seed: int = option(default=0, help="Seed of every keyed random draw.")
+    device: Literal["auto", "cpu", "cuda"] = option(default="auto", help="auto = CUDA when available.")
+    num_threads: int | None = option(default=1, help="torch intra-op threads per process (1 is fastest on small CPUs).")
+    mixed_precision: Literal["no", "bf16", "fp16"] = option(default="no", help="Autocast precision of the model.")
+    deterministic: bool = option(default=True, help="torch deterministic algorithms (what cannot be, is recorded).")
+    logging: LoggingConfig = option(default_factory=LoggingConfig, help="Where metrics go.")
+    description: str = option(default="", help="Free text, copied into the manifest.")
+    tags: list[str] = field(default_factory=list, metadata={"help": "Free-form labels."})
+
+    def validate(self) -> None:
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward component is needed")

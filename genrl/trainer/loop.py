@@ -1,0 +1,318 @@
+"""The one training loop shared by every genrl trainer.
+
+    for each step:
+        rollout   = producer.get(step)                       # policy + explorer, no grad, this rank's shard
+        rewards   = reward_set.submit(samples, prompts)      # [b, C], possibly slow / remote
+        batch     = gather(rollout + rewards)                # global batch on every rank
+        batch.adv = advantage(rewards, weights, groups)      # group statistics over all ranks
+        K epochs x minibatches (keyed shuffle; rank r takes r::W of each) x micro-batches:
+            loss = objective(policy, micro)                  # gradient accumulation, DDP sync on the last
+            optimizer step, LR schedule, EMA
+        log, checkpoint (atomic), eval
+
+A new trainer plugs in a policy / explorer / reward / advantage / objective; it never copies this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from genrl.config.load import recipe_hash
+from genrl.config.validate import to_dict
+from genrl.recipe import TrainRecipe
+from genrl.registry import ADVANTAGES, BENCHMARKS, EXPLORERS, OBJECTIVES, POLICIES, PROMPTS, REWARDS
+from genrl.rewards.base import RewardSet
+from genrl.rng import Purpose, keyed_permutation
+from genrl.trainer import checkpoint as ckpt
+from genrl.trainer.ema import EMA
+from genrl.trainer.logger import MetricLogger
+from genrl.trainer.manifest import new_manifest, save_manifest
+from genrl.trainer.producer import RolloutProducer
+from genrl.trainer.rollout import Rollout
+
+
+def _lr_lambda(schedule: str, warmup: int, total: int):
+    def f(update: int) -> float:
+        if update < warmup:
+            return (update + 1) / warmup
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (update - warmup) / max(1, total - warmup)))
+        return 1.0
+
+    return f
+
+
+class Trainer:
+    def __init__(self, recipe: TrainRecipe, *, recipe_file: str, run_dir: str | None = None) -> None:
+        from accelerate import Accelerator
+
+        self.recipe = recipe
+        self.recipe_file = recipe_file
+        self.resolved = to_dict(recipe)
+        if run_dir is not None:
+            self.resolved["run_dir"] = run_dir
+        self.run_dir = Path(self.resolved["run_dir"]).expanduser().resolve()
+        self.seed = recipe.seed
+        if recipe.num_threads:
+            torch.set_num_threads(recipe.num_threads)
+        if recipe.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        use_cpu = recipe.device == "cpu" or not torch.cuda.is_available()
+        if recipe.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"{recipe_file}: device: cuda requested but no CUDA device is visible")
+        self.acc = Accelerator(cpu=use_cpu, mixed_precision=recipe.mixed_precision)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.device = self.acc.device
+        tc = recipe.trainer
+        if tc.minibatch_size % self.world or (tc.prompts_per_step * tc.group_size) % self.world:
+            raise ValueError(f"{recipe_file}: trainer.minibatch_size and the rollout batch must divide over "
+                             f"{self.world} processes")
+
+        # Inputs are resolved (checked, or built and cached) before any training work.
+        pspec = recipe.policy
+        policy_cls = POLICIES.get(pspec.name)
+        with self.acc.main_process_first():
+            self.base_dir = policy_cls.resolve_base(pspec.config, recipe_file=recipe_file, key="policy")
+            self.reward_dirs = {}
+            for i, spec in enumerate(recipe.rewards):
+                cls = REWARDS.get(spec.name)
+                if hasattr(cls, "resolve"):
+                    self.reward_dirs[i] = cls.resolve(spec.config, recipe_file=recipe_file, key=f"rewards[{i}]")
+
+        self.policy = policy_cls(pspec.config, device=self.device, base_dir=self.base_dir)
+        self.explorer = EXPLORERS.get(recipe.explorer.name)(recipe.explorer.config, seed=self.seed)
+        self.prompts = PROMPTS.get(recipe.prompts.name)(recipe.prompts.config, seed=self.seed)
+        components = []
+        for i, spec in enumerate(recipe.rewards):
+            extra = {"model_dir": self.reward_dirs[i]} if i in self.reward_dirs else {}
+            fn = REWARDS.get(spec.name)(spec.config, device=self.device, **extra)
+            components.append((spec.name, fn, spec.config.weight))
+        self.rewards = RewardSet(components, max_invalid_share=tc.max_invalid_reward_share)
+        self.advantage = ADVANTAGES.get(recipe.advantage.name)(recipe.advantage.config)
+        self.objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
+        if getattr(self.objective, "needs_reference", False):
+            self.policy.make_reference()
+
+        params = self.policy.trainable_parameters()
+        if not params:
+            raise ValueError(f"{recipe_file}: policy has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(list(params.values()), lr=tc.lr, betas=tuple(tc.adam_betas),
+                                           eps=tc.adam_eps, weight_decay=tc.weight_decay)
+        updates_per_step = tc.inner_epochs * (tc.prompts_per_step * tc.group_size // tc.minibatch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps * updates_per_step))
+        self.policy.engine_model, self.optimizer = self.acc.prepare(self.policy.transformer, self.optimizer)
+        self.ema = EMA(self.policy.trainable_parameters(), tc.ema_decay) if tc.ema_decay else None
+        self.producer = RolloutProducer(self.policy, self.explorer, self.prompts, seed=self.seed,
+                                        prompts_per_step=tc.prompts_per_step, group_size=tc.group_size,
+                                        rank=self.rank, world_size=self.world, depth=tc.rollout_depth)
+        self.benchmark = None
+        if recipe.eval is not None:
+            self.benchmark = BENCHMARKS.get(recipe.eval.name)(recipe.eval.config, recipe_file=recipe_file)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def is_main(self) -> bool:
+        return self.acc.is_main_process
+
+    def _gather(self, rollout: Rollout) -> Rollout:
+        if self.world == 1:
+            return rollout
+        return Rollout({k: self.acc.gather(v.contiguous()) for k, v in rollout.tensors.items()}, rollout.meta)
+
+    def _autocast(self):
+        return self.acc.autocast() if self.recipe.mixed_precision != "no" else contextlib.nullcontext()
+
+    # ------------------------------------------------------------- one step
+    def train_step(self, step: int) -> dict[str, float]:
+        tc = self.recipe.trainer
+        t0 = time.perf_counter()
+        with self._autocast():
+            local = self.producer.get(step)
+        t1 = time.perf_counter()
+        scored = self.rewards.submit(local["images"].cpu(), local["prompts"].cpu(), groups=local["group_ids"].cpu()).result()
+        local["rewards"] = scored.values.to(self.device)
+        local["valid"] = scored.valid.to(self.device)
+        t2 = time.perf_counter()
+        batch = self._gather(local).to("cpu")
+        self.rewards.account(batch["valid"])
+        adv = self.advantage(batch["rewards"], self.rewards.weights, batch["group_ids"], batch["valid"])
+        batch["advantages"] = adv.advantages
+        metrics = self._update(step, batch.to(self.device))
+        t3 = time.perf_counter()
+
+        r = batch["rewards"][batch["valid"]]
+        for c, name in enumerate(self.rewards.names):
+            metrics[f"reward/{name}/mean"] = float(r[:, c].mean())
+            metrics[f"reward/{name}/std"] = float(r[:, c].std())
+        total = r @ self.rewards.weights
+        metrics["reward/total/mean"], metrics["reward/total/std"] = float(total.mean()), float(total.std())
+        metrics["reward/invalid_share"] = float((~batch["valid"]).float().mean())
+        metrics.update(adv.metrics)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0})
+        return metrics
+
+    def _update(self, step: int, batch: Rollout) -> dict[str, float]:
+        tc = self.recipe.trainer
+        n = len(batch)
+        sums: dict[str, float] = defaultdict(float)
+        ratios: dict[int, list[torch.Tensor]] = defaultdict(list)
+        count, grad_norms = 0, []
+        model = self.policy.engine_model
+        for epoch in range(tc.inner_epochs):
+            perm = keyed_permutation(n, self.seed, Purpose.SHUFFLE, step, epoch)
+            for mb in perm.split(tc.minibatch_size):
+                local = mb[self.rank :: self.world]  # this rank's share of the global minibatch
+                micros = local.split(tc.micro_batch_size)
+                for i, idx in enumerate(micros):
+                    micro = batch.select(idx)
+                    sync = i == len(micros) - 1
+                    with (contextlib.nullcontext() if sync else self.acc.no_sync(model)), self._autocast():
+                        out = self.objective(self.policy, micro)
+                    self.acc.backward(out.loss * (len(idx) / len(local)))
+                    for k, v in out.metrics.items():
+                        sums[k] += v * len(idx)
+                    for t, rt in out.step_ratios.items():
+                        ratios[t].append(rt)
+                    count += len(idx)
+                norm = self.acc.clip_grad_norm_(list(self.policy.trainable_parameters().values()), tc.max_grad_norm)
+                grad_norms.append(float(norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update()
+        metrics = {k: v / count for k, v in sums.items()}
+        if self.world > 1:
+            keys = sorted(metrics)
+            vals = self.acc.reduce(torch.tensor([metrics[k] for k in keys], device=self.device), "mean")
+            metrics = dict(zip(keys, vals.tolist()))
+        for t, parts in sorted(ratios.items()):
+            rt = torch.cat(parts)
+            if self.world > 1:
+                rt = self.acc.gather(rt)
+            metrics.update({f"ratio/step_{t:02d}/mean": float(rt.mean()), f"ratio/step_{t:02d}/std": float(rt.std()),
+                            f"ratio/step_{t:02d}/min": float(rt.min()), f"ratio/step_{t:02d}/max": float(rt.max())})
+        metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        return metrics
+
+    # ------------------------------------------------------------- checkpoints
+    def _checkpoint_meta(self) -> dict:
+        return {
+            "format": "genrl-checkpoint/1",
+            **self.policy.checkpoint_meta(),
+            "policy_config": {k: v for k, v in self.resolved["policy"].items() if k != "name"},
+            "weights": "lora" if getattr(self.policy.config, "lora", None) else "full",
+            "base_checkpoint": str(self.base_dir) if self.base_dir else None,
+            "step": self.step,
+            "has_ema": self.ema is not None,
+            "recipe_hash": recipe_hash(self.resolved),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        path = None
+        if self.is_main:
+            files = {"policy.safetensors": self.policy.trainable_state_dict()}
+            if self.ema is not None:
+                files["ema.safetensors"] = self.ema.state_dict()
+            opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer)
+            files["optimizer.safetensors"] = opt_tensors
+            files["rng.safetensors"] = {"torch_cpu": torch.get_rng_state()}
+            state = {"step": self.step, "data_position": self.step, "optimizer": opt_meta,
+                     "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
+                     "advantage": self.advantage.state_dict(),
+                     "rewards": {"invalid": self.rewards.invalid_count, "total": self.rewards.total_count}}
+            path = ckpt.write_checkpoint(self.run_dir, self.step, files, self._checkpoint_meta(), state,
+                                         keep_last=self.recipe.trainer.keep_last)
+            self.manifest["checkpoints"].append({"step": self.step, "path": str(path.relative_to(self.run_dir))})
+            kept = {p.name for p in ckpt.list_checkpoints(self.run_dir)}
+            self.manifest["checkpoints"] = [c for c in self.manifest["checkpoints"] if Path(c["path"]).name in kept]
+            save_manifest(self.run_dir, self.manifest)
+        self.acc.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        meta = ckpt.read_json(path / "checkpoint.json")
+        if meta.get("policy") != self.recipe.policy.name:
+            raise ValueError(f"{path}: holds a {meta.get('policy')!r} policy, the recipe trains {self.recipe.policy.name!r}")
+        self.policy.load_trainable_state_dict(ckpt.load_tensors(path / "policy.safetensors"))
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt.load_tensors(path / "ema.safetensors"))
+        state = ckpt.read_json(path / "trainer_state.json")
+        opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        opt.load_state_dict(ckpt.optimizer_state_from_flat(ckpt.load_tensors(path / "optimizer.safetensors"), state["optimizer"]))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.advantage.load_state_dict(state["advantage"])
+        self.rewards.invalid_count, self.rewards.total_count = state["rewards"]["invalid"], state["rewards"]["total"]
+        torch.set_rng_state(ckpt.load_tensors(path / "rng.safetensors")["torch_cpu"])
+        self.step = state["step"]
+
+    # ------------------------------------------------------------------ run
+    def _start_run_dir(self, resume_from: Path | None) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        manifest_file = self.run_dir / "manifest.json"
+        if resume_from is not None and manifest_file.is_file():
+            self.manifest = ckpt.read_json(manifest_file)
+            if self.manifest.get("recipe_hash") != recipe_hash(self.resolved):
+                raise ValueError(f"{self.run_dir}: resuming with a different recipe than the run was started with "
+                                 f"(hash {recipe_hash(self.resolved)} vs {self.manifest.get('recipe_hash')})")
+        else:
+            inputs = {f"reward:{self.recipe.rewards[i].name}": str(p) for i, p in self.reward_dirs.items()}
+            self.manifest = new_manifest(
+                recipe_file=self.recipe_file, recipe_hash=recipe_hash(self.resolved), resolved=self.resolved,
+                seed=self.seed, world_size=self.world, base_checkpoint=str(self.base_dir) if self.base_dir else None,
+                inputs=inputs)
+        self.manifest["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                          "resumed_from_step": self.step, "world_size": self.world})
+        if self.is_main:
+            save_manifest(self.run_dir, self.manifest)
+            (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
+
+    def train(self, *, resume: bool = True) -> dict:
+        latest = ckpt.latest_checkpoint(self.run_dir) if resume else None
+        if latest is not None:
+            self.load_checkpoint(latest)
+            if self.is_main:
+                print(f"[genrl] resuming {self.run_dir} from {latest.name}")
+        self._start_run_dir(latest)
+        self.acc.wait_for_everyone()
+        lc = self.recipe.logging
+        self.logger = MetricLogger(self.run_dir, tensorboard=lc.tensorboard, wandb=lc.wandb,
+                                   wandb_project=lc.wandb_project, config=self.resolved, enabled=self.is_main)
+        self.logger.truncate_after(self.step)
+        results: dict = {}
+        if self.benchmark is not None and self.step == 0 and self.is_main:
+            results["before"] = self.benchmark.evaluate(self, tag="before")
+        self.acc.wait_for_everyone()
+        tc = self.recipe.trainer
+        from genrl.progress import progress
+
+        bar = progress(range(self.step, tc.steps), desc="train", disable=not (lc.progress and self.is_main),
+                       total=tc.steps - self.step)
+        for step in bar:
+            metrics = self.train_step(step)
+            self.step = step + 1
+            self.logger.log(self.step, metrics)
+            self.history.append({"step": self.step, **metrics})
+            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}")
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
+                self.save_checkpoint()
+        final = self.save_checkpoint()
+        if self.benchmark is not None and self.is_main:
+            results["after"] = self.benchmark.evaluate(self, tag="after")
+            results.update(self.benchmark.report(self, results))
+        self.logger.close()
+        self.acc.wait_for_everyone()
+        results["final_checkpoint"] = str(final) if final else None
+        return results
+
