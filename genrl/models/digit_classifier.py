@@ -173,7 +173,7 @@ def train_classifier(
                 opt.step()
                 sched.step()
                 total_loss += loss.item() * len(batch)
-            bar.set_postfix(loss=f"{total_loss / len(y_train):.3f}")
+            bar.set_postfix(loss=f"{total_loss / len(y_train):.3f}", refresh=False)
         model.eval()
 
     metrics: dict[str, Any] = {

@@ -84,7 +84,7 @@ def build_flow_base(config: FlowPretrainRecipe, out_dir: Path, *, progress: bool
                 for e, p in zip(ema, params):
                     e.lerp_(p.detach(), 1 - d)
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     if ema is not None:
         with torch.no_grad():
             for e, p in zip(ema, params):

@@ -278,7 +278,9 @@ class Trainer:
             save_manifest(self.run_dir, self.manifest)
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
 
-    def train(self, *, resume: bool = True) -> dict:
+    def train(self, *, resume: bool = True, until_step: int | None = None) -> dict:
+        """Run (or resume) to ``trainer.steps``; ``until_step`` stops early after checkpointing that step
+        (an interruption on purpose: tests, replays and preemption use it)."""
         latest = ckpt.latest_checkpoint(self.run_dir) if resume else None
         if latest is not None:
             self.load_checkpoint(latest)
@@ -300,14 +302,19 @@ class Trainer:
         bar = progress(range(self.step, tc.steps), desc="train", disable=not (lc.progress and self.is_main),
                        total=tc.steps - self.step)
         for step in bar:
+            if until_step is not None and step >= until_step:
+                break
             metrics = self.train_step(step)
             self.step = step + 1
             self.logger.log(self.step, metrics)
             self.history.append({"step": self.step, **metrics})
-            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}")
+            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}", refresh=False)
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
                 self.save_checkpoint()
         final = self.save_checkpoint()
+        if until_step is not None and self.step < tc.steps:
+            self.logger.close()
+            return {"final_checkpoint": str(final) if final else None, "stopped_at": self.step}
         if self.benchmark is not None and self.is_main:
             results["after"] = self.benchmark.evaluate(self, tag="after")
             results.update(self.benchmark.report(self, results))
