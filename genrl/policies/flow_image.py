@@ -275,7 +275,8 @@ class FlowImagePolicy:
                 noise = keyed_normal(self.image_shape, seed, Purpose.STEP_NOISE, step, ids, t, device=self.device)
                 x, lp, _, _ = sde_step(x, v, sigma.expand(len(x)), sigma_next.expand(len(x)),
                                        sigma_max=float(self.sigmas[1]), rule=rule, noise_level=level, noise=noise)
-                log_probs[:, t] = lp
+                if lp is not None:
+                    log_probs[:, t] = lp
             else:
                 x, _, _, _ = sde_step(x, v, sigma.expand(len(x)), sigma_next.expand(len(x)),
                                       sigma_max=float(self.sigmas[1]), rule=rule, noise_level=0.0)

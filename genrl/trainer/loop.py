@@ -86,6 +86,7 @@ class Trainer:
                 if hasattr(cls, "resolve"):
                     self.reward_dirs[i] = cls.resolve(spec.config, recipe_file=recipe_file, key=f"rewards[{i}]")
 
+        torch.manual_seed(self.seed)  # fresh weights (a from-scratch policy, LoRA init) depend on the seed only
         self.policy = policy_cls(pspec.config, device=self.device, base_dir=self.base_dir)
         self.explorer = EXPLORERS.get(recipe.explorer.name)(recipe.explorer.config, seed=self.seed)
         self.prompts = PROMPTS.get(recipe.prompts.name)(recipe.prompts.config, seed=self.seed)
@@ -251,7 +252,7 @@ class Trainer:
         state = ckpt.read_json(path / "trainer_state.json")
         opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
         opt.load_state_dict(ckpt.optimizer_state_from_flat(ckpt.load_tensors(path / "optimizer.safetensors"), state["optimizer"]))
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
         self.advantage.load_state_dict(state["advantage"])
         self.rewards.invalid_count, self.rewards.total_count = state["rewards"]["invalid"], state["rewards"]["total"]
         torch.set_rng_state(ckpt.load_tensors(path / "rng.safetensors")["torch_cpu"])
