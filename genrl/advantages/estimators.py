@@ -26,8 +26,8 @@ def _combine(rewards: torch.Tensor, weights: torch.Tensor, normalize, mode: str)
     """``sum_then_normalize``: A = norm(sum_c w_c r_c) (Flow-GRPO);
     ``normalize_then_sum``: A = sum_c w_c norm(r_c) (per-component normalisation, e.g. KVPO/GDPO)."""
     if mode == "sum_then_normalize":
-        return normalize(rewards @ weights)
-    return torch.stack([normalize(rewards[:, c]) for c in range(rewards.shape[1])], 1) @ weights
+        return normalize((rewards * weights).sum(1))
+    return (torch.stack([normalize(rewards[:, c]) for c in range(rewards.shape[1])], 1) * weights).sum(1)
 
 
 @ADVANTAGES.register("group_relative")

@@ -155,7 +155,7 @@ class Trainer:
         for c, name in enumerate(self.rewards.names):
             metrics[f"reward/{name}/mean"] = float(r[:, c].mean())
             metrics[f"reward/{name}/std"] = float(r[:, c].std())
-        total = r @ self.rewards.weights
+        total = (r * self.rewards.weights).sum(1)  # elementwise: no alignment-dependent gemv
         metrics["reward/total/mean"], metrics["reward/total/std"] = float(total.mean()), float(total.std())
         metrics["reward/invalid_share"] = float((~batch["valid"]).float().mean())
         metrics.update(adv.metrics)
