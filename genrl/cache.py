@@ -35,6 +35,27 @@ def resolve_recipe_path(path: str, *, referenced_from: str | None = None, key: s
     raise RecipeError(referenced_from, key, f"recipe file {path!r} not found (looked in {Path.cwd()} and {PROJECT_ROOT})")
 
 
+def check_references(resolved: dict, recipe_file: str | None) -> list[Path]:
+    """Check every ``*recipe`` path a training recipe refers to (base model, reward models, judge)
+    before anything is built, so a typo in the last one does not cost a pretraining run first."""
+    found: list[Path] = []
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                sub = f"{key}.{k}" if key else str(k)
+                if isinstance(v, str) and str(k).endswith("recipe"):
+                    found.append(resolve_recipe_path(v, referenced_from=recipe_file, key=sub))
+                else:
+                    walk(v, sub)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+
+    walk(resolved, "")
+    return found
+
+
 def cached_artifact(recipe_file: Path, schema: type, kind: str, build: Callable[[object, Path], None]) -> Path:
     """Return the cache folder of the artifact that ``recipe_file`` makes, building it if needed."""
     config, resolved = load_recipe(recipe_file, schema)

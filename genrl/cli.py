@@ -73,7 +73,27 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema_for(path: str):
+    """Training recipes have a ``policy``; pretraining/reward-model recipes name their ``kind``."""
+    from genrl.config.load import load_yaml
+
+    data = load_yaml(path)
+    kind = data.get("kind")
+    if kind == "flow_image":
+        from genrl.pretrain.flow_image import FlowPretrainRecipe
+
+        return FlowPretrainRecipe
+    if kind == "digit_classifier":
+        from genrl.pretrain.classifier import ClassifierRecipe
+
+        return ClassifierRecipe
+    from genrl.recipe import TrainRecipe
+
+    return TrainRecipe
+
+
 def _recipe(args: argparse.Namespace) -> int:
+    from genrl.cache import check_references
     from genrl.config.load import load_recipe
     from genrl.config.validate import describe
     from genrl.recipe import TrainRecipe
@@ -82,7 +102,8 @@ def _recipe(args: argparse.Namespace) -> int:
         print(describe(TrainRecipe))
         return 0
     for path in args.recipes:
-        load_recipe(path, TrainRecipe)
+        _, resolved = load_recipe(path, _schema_for(path))
+        check_references(resolved, path)
         print(f"ok  {path}")
     return 0
 

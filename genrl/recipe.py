@@ -99,3 +99,6 @@ class TrainRecipe:
     def validate(self) -> None:
         if not self.rewards:
             raise ValueError("rewards: at least one reward component is needed")
+        noise = getattr(self.explorer.config, "noise_level", None)
+        if noise == 0 and getattr(OBJECTIVES.get(self.objective.name), "needs_likelihood", False):
+            raise ValueError(f"explorer: noise_level must be > 0 for the likelihood objective {self.objective.name!r}")

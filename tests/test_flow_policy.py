@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -31,7 +33,7 @@ def _first_ratio(trainer) -> torch.Tensor:
         ("trainer.ema_decay=0.5",),
         ("policy.lora={rank: 4, alpha: 8}",),
         ("mixed_precision=bf16", "policy.lora={rank: 4, alpha: 8}", "trainer.micro_batch_size=3"),
-        ("explorer.noise_rule=cps",),
+        ("explorer.noise_rule=cps", "explorer.window_size=null"),
         ("explorer.noise_rule=dance_grpo", "explorer.noise_level=0.3"),
     ],
     ids=["fp32", "bf16", "ema", "lora", "bf16-lora-odd-micro", "cps", "dance"],
@@ -44,18 +46,19 @@ def test_ratio_is_exactly_one_before_first_update(tmp_path, overrides):
 
 
 def test_noise_level_zero_reproduces_the_ode_sampler_bit_for_bit(tmp_path):
-    trainer = make_trainer(tmp_path, "explorer.noise_level=0.0")
+    trainer = make_trainer(tmp_path)
     policy = trainer.policy
+    explorer_config = dataclasses.replace(trainer.explorer.config, noise_level=0.0)
     prompts = torch.tensor([0, 3, 7, 9, 1])
     ids = torch.arange(5) + 100
     plan = ExplorationPlan(stochastic=[False] * policy.config.num_steps, train_steps=[0])
-    sde = policy.rollout(prompts, ids, step=4, seed=0, plan=plan, explorer_config=trainer.explorer.config)
+    sde = policy.rollout(prompts, ids, step=4, seed=0, plan=plan, explorer_config=explorer_config)
     # Same keyed initial noise, diffusers' FlowMatchEulerDiscreteScheduler.step as the ODE.
     ode = policy.sample_ode(prompts, ids, seed=0, purpose=Purpose.INIT_NOISE, step=4)
     assert torch.equal(sde["images"], ode)
     # and the stochastic plan with noise level 0 is the same deterministic path
     plan2 = ExplorationPlan(stochastic=[True] * policy.config.num_steps, train_steps=[0])
-    sde2 = policy.rollout(prompts, ids, step=4, seed=0, plan=plan2, explorer_config=trainer.explorer.config)
+    sde2 = policy.rollout(prompts, ids, step=4, seed=0, plan=plan2, explorer_config=explorer_config)
     assert torch.equal(sde2["images"], ode)
 
 

@@ -125,6 +125,12 @@ def describe(cls: type, indent: str = "") -> str:
         lines.append(f"{indent}{f.name}: {type_name}{shown}" + (f"  # {help_}" if help_ else ""))
         if nested is not None:
             lines.append(describe(nested, indent + "  "))
+        if registry is not None:  # each registered component's own settings
+            for name in registry.names():
+                config_cls = getattr(registry.get(name), "Config", None)
+                lines.append(f"{indent}  [name: {name}]")
+                if config_cls is not None and dataclasses.is_dataclass(config_cls):
+                    lines.append(describe(config_cls, indent + "    "))
     return "\n".join(line for line in lines if line)
 
 

@@ -136,10 +136,14 @@ class SDEExplorer:
 
     def plan(self, step: int, num_steps: int) -> ExplorationPlan:
         cfg = self.config
-        size = num_steps if cfg.window_size is None else min(cfg.window_size, num_steps)
-        hi = num_steps - size if cfg.window_max_start is None else min(cfg.window_max_start, num_steps - size)
+        # CPS's std is sigma_next * sin(a pi / 2): zero on the last step (sigma_next = 0), which then has
+        # no density; it always stays a deterministic, untrained step.
+        usable = num_steps - 1 if cfg.noise_rule == "cps" else num_steps
+        size = usable if cfg.window_size is None else min(cfg.window_size, usable)
+        hi = usable - size if cfg.window_max_start is None else min(cfg.window_max_start, usable - size)
         lo = min(cfg.window_min_start, hi)
         start = lo + int(torch.randint(hi - lo + 1, (1,), generator=keyed_generator(self.seed, Purpose.WINDOW, step)))
         train = list(range(start, start + size))
-        stochastic = [cfg.noise_level > 0 and (t in train or cfg.sde_outside_window) for t in range(num_steps)]
+        stochastic = [cfg.noise_level > 0 and t < usable and (t in train or cfg.sde_outside_window)
+                      for t in range(num_steps)]
         return ExplorationPlan(stochastic=stochastic, train_steps=train)

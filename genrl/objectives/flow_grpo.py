@@ -34,6 +34,7 @@ class FlowGRPO:
             if self.kl_beta < 0:
                 raise ValueError("kl_beta: must be >= 0")
 
+    needs_likelihood = True  # per-step log-probs of an SDE sampler: noise level 0 has none
     needs_reference = property(lambda self: self.config.kl_beta > 0)
 
     def __init__(self, config: Config) -> None:

@@ -25,7 +25,8 @@ import torch
 import yaml
 
 from genrl.config.load import recipe_hash
-from genrl.config.validate import to_dict
+from genrl.cache import check_references
+from genrl.config.validate import RecipeError, to_dict
 from genrl.recipe import TrainRecipe
 from genrl.registry import ADVANTAGES, BENCHMARKS, EXPLORERS, OBJECTIVES, POLICIES, PROMPTS, REWARDS
 from genrl.rewards.base import RewardSet
@@ -66,14 +67,16 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         use_cpu = recipe.device == "cpu" or not torch.cuda.is_available()
         if recipe.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"{recipe_file}: device: cuda requested but no CUDA device is visible")
+            raise RecipeError(recipe_file, "device", "expected 'cpu' or 'auto': cuda was requested but no CUDA device is visible")
+        check_references(self.resolved, recipe_file)  # every referenced recipe exists before anything is built
         self.acc = Accelerator(cpu=use_cpu, mixed_precision=recipe.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
         tc = recipe.trainer
         if tc.minibatch_size % self.world or (tc.prompts_per_step * tc.group_size) % self.world:
-            raise ValueError(f"{recipe_file}: trainer.minibatch_size and the rollout batch must divide over "
-                             f"{self.world} processes")
+            raise RecipeError(recipe_file, "trainer.minibatch_size",
+                              f"expected the minibatch ({tc.minibatch_size}) and the rollout batch "
+                              f"({tc.prompts_per_step * tc.group_size}) to divide over {self.world} processes")
 
         # Inputs are resolved (checked, or built and cached) before any training work.
         pspec = recipe.policy
