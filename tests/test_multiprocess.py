@@ -43,3 +43,15 @@ def test_two_processes_match_one_process(tmp_path):
         assert torch.allclose(w1[k], w2[k], rtol=1e-5, atol=1e-7), k
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["hardware"]["world_size"] == 2
+
+
+def test_the_committed_single_process_accelerate_config_runs_the_smoke_recipe(tmp_path):
+    from tests.helpers import ROOT
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "recipes/accelerate/single_process.yaml"), "--cpu", "-m", "genrl.cli", "train", str(SMOKE),
+           "--run-dir", str(tmp_path / "run"), "trainer.steps=1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000001"
