@@ -8,7 +8,8 @@ component (``name: sde``) and give its config fields next to the name.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from genrl.config.load import recipe_hash
 from genrl.cache import check_references
+from genrl.config.load import recipe_hash
 from genrl.config.validate import RecipeError, to_dict
 from genrl.recipe import TrainRecipe
 from genrl.registry import ADVANTAGES, BENCHMARKS, EXPLORERS, OBJECTIVES, POLICIES, PROMPTS, REWARDS
@@ -138,7 +138,6 @@ class Trainer:
 
     # ------------------------------------------------------------- one step
     def train_step(self, step: int) -> dict[str, float]:
-        tc = self.recipe.trainer
         t0 = time.perf_counter()
         with self._autocast():
             local = self.producer.get(step)
