@@ -35,8 +35,9 @@ def _first_ratio(trainer) -> torch.Tensor:
         ("mixed_precision=bf16", "policy.lora={rank: 4, alpha: 8}", "trainer.micro_batch_size=3"),
         ("explorer.noise_rule=cps", "explorer.window_size=null"),
         ("explorer.noise_rule=dance_grpo", "explorer.noise_level=0.3"),
+        ("policy.guidance_scale=2.5",),
     ],
-    ids=["fp32", "bf16", "ema", "lora", "bf16-lora-odd-micro", "cps", "dance"],
+    ids=["fp32", "bf16", "ema", "lora", "bf16-lora-odd-micro", "cps", "dance", "cfg"],
 )
 def test_ratio_is_exactly_one_before_first_update(tmp_path, overrides):
     trainer = make_trainer(tmp_path, *overrides)

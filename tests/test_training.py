@@ -93,3 +93,39 @@ def test_resuming_with_a_changed_recipe_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="different recipe"):
         make_trainer(tmp_path, "trainer.steps=2", "trainer.lr=0.5").train()
+
+
+def test_nan_rewards_are_skipped_counted_and_stop_the_run_past_the_share(tmp_path):
+    from dataclasses import dataclass
+
+    import pytest
+
+    from genrl.registry import REWARDS
+    from genrl.rewards.base import InvalidRewardError
+    from genrl.rewards.image import RewardConfig
+
+    if "test_nan_first" not in REWARDS:
+
+        @REWARDS.register("test_nan_first")
+        class NanFirst:  # NaN for the first sample of every batch: 1 in 16
+            @dataclass
+            class Config(RewardConfig):
+                pass
+
+            def __init__(self, config, **_):
+                self.config = config
+
+            def __call__(self, images, prompts):
+                out = images.flatten(1).mean(1)
+                out[0] = float("nan")
+                return out
+
+    make_trainer(tmp_path / "ok", "rewards=[{name: test_nan_first}]", "trainer.max_invalid_reward_share=0.1").train()
+    rows = _metrics(tmp_path / "ok")
+    assert [r["reward/invalid_share"] for r in rows] == [1 / 16] * 3
+    assert all(r["reward/test_nan_first/mean"] == r["reward/test_nan_first/mean"] for r in rows)  # finite
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True), GradientState._reset_state(), PartialState._reset_state()
+    with pytest.raises(InvalidRewardError, match="1 of 16 samples"):
+        make_trainer(tmp_path / "stop", "rewards=[{name: test_nan_first}]", "trainer.max_invalid_reward_share=0.05").train()
