@@ -30,8 +30,21 @@ def _combine(rewards: torch.Tensor, weights: torch.Tensor, normalize, mode: str)
     return (torch.stack([normalize(rewards[:, c]) for c in range(rewards.shape[1])], 1) * weights).sum(1)
 
 
+class StatelessEstimator:
+    """Estimators that keep no statistics between steps (their checkpoint state is empty)."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 @ADVANTAGES.register("group_relative")
-class GroupRelative:
+class GroupRelative(StatelessEstimator):
     """GRPO: A_i = (r_i - mean_group) / (std_group + eps), the group being the samples of one prompt.
 
     Groups whose rewards are all equal carry no signal (A = 0); their share is logged as
@@ -48,15 +61,6 @@ class GroupRelative:
             default="group", help="Divide by the group's std (GRPO) or the whole batch's std (Flow-GRPO global_std)."
         )
         zero_std_tol: float = option(default=1e-6, help="A group with reward std below this counts as zero-std.")
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def __call__(self, rewards: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor,
                  valid: torch.Tensor) -> AdvantageOutput:
@@ -88,7 +92,7 @@ class GroupRelative:
 
 
 @ADVANTAGES.register("batch_normalized")
-class BatchNormalized:
+class BatchNormalized(StatelessEstimator):
     """A_i = (r_i - mean_batch) / (std_batch + eps): DDPO / Gen-Drive style, no groups needed."""
 
     @dataclass
@@ -97,15 +101,6 @@ class BatchNormalized:
         combine: Literal["sum_then_normalize", "normalize_then_sum"] = option(
             default="sum_then_normalize", help="Normalise the weighted sum of components, or each component."
         )
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def __call__(self, rewards: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor,
                  valid: torch.Tensor) -> AdvantageOutput:

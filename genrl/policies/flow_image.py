@@ -186,6 +186,15 @@ class FlowImagePolicy:
         return {"policy": "flow_image", "model": asdict(self.model_config)}
 
     # --------------------------------------------------------------- parameters
+    def trainable_module(self) -> nn.Module:
+        """The module the engine wraps (DDP/DeepSpeed/FSDP); the prompt encoder stays frozen outside."""
+        return self.transformer
+
+    @staticmethod
+    def reward_inputs(rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """What reward callables receive: images [B, H, W] in [0, 1] and the prompts, on the CPU."""
+        return rollout["images"].cpu(), rollout["prompts"].cpu()
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
 

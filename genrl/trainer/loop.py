@@ -112,7 +112,7 @@ class Trainer:
         updates_per_step = tc.inner_epochs * (tc.prompts_per_step * tc.group_size // tc.minibatch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps * updates_per_step))
-        self.policy.engine_model, self.optimizer = self.acc.prepare(self.policy.transformer, self.optimizer)
+        self.policy.engine_model, self.optimizer = self.acc.prepare(self.policy.trainable_module(), self.optimizer)
         self.ema = EMA(self.policy.trainable_parameters(), tc.ema_decay) if tc.ema_decay else None
         self.producer = RolloutProducer(self.policy, self.explorer, self.prompts, seed=self.seed,
                                         prompts_per_step=tc.prompts_per_step, group_size=tc.group_size,
@@ -137,21 +137,27 @@ class Trainer:
         return self.acc.autocast() if self.recipe.mixed_precision != "no" else contextlib.nullcontext()
 
     # ------------------------------------------------------------- one step
+    def _clock(self) -> float:
+        if self.device.type == "cuda":  # kernels are asynchronous: time what ran, not what was queued
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def train_step(self, step: int) -> dict[str, float]:
-        t0 = time.perf_counter()
+        t0 = self._clock()
         with self._autocast():
             local = self.producer.get(step)
-        t1 = time.perf_counter()
-        scored = self.rewards.submit(local["images"].cpu(), local["prompts"].cpu(), groups=local["group_ids"].cpu()).result()
+        t1 = self._clock()
+        samples, contexts = self.policy.reward_inputs(local)
+        scored = self.rewards.submit(samples, contexts, groups=local["group_ids"].cpu()).result()
         local["rewards"] = scored.values.to(self.device)
         local["valid"] = scored.valid.to(self.device)
-        t2 = time.perf_counter()
+        t2 = self._clock()
         batch = self._gather(local).to("cpu")
         self.rewards.account(batch["valid"])
         adv = self.advantage(batch["rewards"], self.rewards.weights, batch["group_ids"], batch["valid"])
         batch["advantages"] = adv.advantages
         metrics = self._update(step, batch.to(self.device))
-        t3 = time.perf_counter()
+        t3 = self._clock()
 
         r = batch["rewards"][batch["valid"]]
         for c, name in enumerate(self.rewards.names):
