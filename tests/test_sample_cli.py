@@ -57,3 +57,18 @@ def test_fine_tune_from_a_base_then_sample_the_run_directory(tiny_base, tmp_path
 def test_sampling_a_missing_path_is_a_clear_error(tmp_path):
     proc = genrl("sample", tmp_path / "nope", "--out", tmp_path / "x.npz", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "no such run directory or checkpoint" in proc.stderr
+
+
+def test_a_from_scratch_run_samples_exactly_what_it_trained(tmp_path):
+    """The checkpoint carries everything (including the frozen, seeded prompt encoder)."""
+    import torch
+
+    from genrl.sampling import load_policy_for_sampling
+    from tests.helpers import make_trainer
+
+    trainer = make_trainer(tmp_path / "run", "trainer.ema_decay=null", "trainer.steps=1")
+    trainer.train()
+    prompts, ids = torch.tensor([1, 2, 3]), torch.arange(3)
+    expected = trainer.policy.sample_ode(prompts, ids, seed=3)
+    policy, _ = load_policy_for_sampling(tmp_path / "run")
+    assert torch.equal(policy.sample_ode(prompts, ids, seed=3), expected)

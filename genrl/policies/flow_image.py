@@ -161,7 +161,7 @@ class FlowImagePolicy:
         path = Path(path).resolve()
         meta = read_checkpoint_meta(path)
         if meta.get("weights") == "full_base":
-            return cls(cls.Config(), device=device, base_dir=path)
+            return cls(cls.Config(num_steps=meta.get("num_steps", 10)), device=device, base_dir=path)
         config = build(cls.Config, meta["policy_config"], file=str(path / "checkpoint.json"), key="policy_config")
         base = Path(meta["base_checkpoint"]) if meta.get("base_checkpoint") else None
         if base is not None and not base.exists():
@@ -169,6 +169,8 @@ class FlowImagePolicy:
         policy = cls(config, device=device, base_dir=base)
         name = "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "policy.safetensors"
         policy.load_trainable_state_dict(load_tensors(path / name))
+        if (path / "prompt_encoder.safetensors").is_file():  # a from-scratch run's (frozen, seeded) encoder
+            policy.prompt_encoder.load_state_dict(load_tensors(path / "prompt_encoder.safetensors"))
         if merge and config.lora is not None:
             policy.transformer = policy.transformer.merge_and_unload()
         return policy
@@ -194,6 +196,10 @@ class FlowImagePolicy:
     def reward_inputs(rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """What reward callables receive: images [B, H, W] in [0, 1] and the prompts, on the CPU."""
         return rollout["images"].cpu(), rollout["prompts"].cpu()
+
+    def frozen_checkpoint_files(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Frozen parts a checkpoint must carry to be sampled on its own (not in the optimizer)."""
+        return {"prompt_encoder.safetensors": {k: v.detach().cpu() for k, v in self.prompt_encoder.state_dict().items()}}
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}

@@ -231,7 +231,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         path = None
         if self.is_main:
-            files = {"policy.safetensors": self.policy.trainable_state_dict()}
+            files = {"policy.safetensors": self.policy.trainable_state_dict(), **self.policy.frozen_checkpoint_files()}
             if self.ema is not None:
                 files["ema.safetensors"] = self.ema.state_dict()
             opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer)
