@@ -49,6 +49,12 @@ class TrainerConfig:
     max_invalid_reward_share: float = option(
         default=0.05, help="Stop the run when more than this share of samples got a NaN/failed reward."
     )
+    skip_grad_norm: float | None = option(
+        default=None, help="Skip an update whose gradient norm exceeds this (non-finite norms are always skipped)."
+    )
+    max_skipped_update_share: float = option(
+        default=0.1, help="Stop the run when more than this share of updates had to be skipped."
+    )
     rollout_depth: Literal[0] = option(
         default=0, help="Rollouts produced ahead of the update (0 = on-policy; >0 reserved for async modes)."
     )
@@ -91,7 +97,9 @@ class TrainRecipe:
     device: Literal["auto", "cpu", "cuda"] = option(default="auto", help="auto = CUDA when available.")
     num_threads: int | None = option(default=1, help="torch intra-op threads per process (1 is fastest on small CPUs).")
     mixed_precision: Literal["no", "bf16", "fp16"] = option(default="no", help="Autocast precision of the model.")
-    deterministic: bool = option(default=True, help="torch deterministic algorithms (what cannot be, is recorded).")
+    deterministic: bool | None = option(
+        default=None, help="Deterministic algorithms; null = on for CPU, off for GPU (where it costs speed)."
+    )
     logging: LoggingConfig = option(default_factory=LoggingConfig, help="Where metrics go.")
     description: str = option(default="", help="Free text, copied into the manifest.")
     tags: list[str] = field(default_factory=list, metadata={"help": "Free-form labels."})

@@ -144,7 +144,8 @@ class FlowImagePolicy:
             raise ValueError(f"{path}: holds a {meta.get('policy')!r} model, expected 'flow_image'")
         model_cfg = FlowDiTConfig(**meta["model"])
         if meta.get("weights") == "full_base":
-            transformer = SD3Transformer2DModel.from_pretrained(str(path / "transformer"))
+            # use_safetensors: never fall back to a pickled .bin file found in a checkpoint folder
+            transformer = SD3Transformer2DModel.from_pretrained(str(path / "transformer"), use_safetensors=True)
             encoder = load_prompt_encoder(path / "prompt_encoder.safetensors", model_cfg)
             return transformer, encoder, model_cfg
         # An RL checkpoint: rebuild its base, then apply its trained weights.

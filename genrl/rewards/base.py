@@ -9,9 +9,10 @@ two optional class attributes widen the contract:
 * ``remote = True``: the component is slow or remote (a reward server, a VLM judge); ``RewardSet``
   scores such components on a worker thread, so the loop can overlap them with other work.
 
-Non-finite values (a NaN from a model, a failed request) are not fatal one by one: they are
-counted, the sample is masked out of the update, and the run stops with a clear message once the
-share of bad samples passes ``max_invalid_share``.
+Non-finite values and exceptions (a NaN from a model, a failed request) are not fatal one by one:
+they are counted, the sample's group is left out of the update, and the run stops with a clear
+message once the share of bad samples passes ``max_invalid_share``. A component that returns the
+wrong number of values is a bug, not a bad value: that raises at once.
 """
 
 from __future__ import annotations
@@ -54,9 +55,7 @@ class RewardSet:
         kwargs = {"groups": groups} if getattr(fn, "groupwise", False) else {}
         try:
             out = fn(samples, contexts, **kwargs)
-        except Exception as exc:  # a failing component costs its samples, not the run (counted below)
-            if not getattr(fn, "remote", False):
-                raise
+        except Exception as exc:  # a failing component costs its samples, not the run (counted by account())
             print(f"[genrl] reward {getattr(fn, '__name__', fn)!r} failed: {exc!r}; its samples are skipped")
             return torch.full((len(contexts),), float("nan"))
         out = torch.as_tensor(out, dtype=torch.float32).detach().cpu().reshape(-1)

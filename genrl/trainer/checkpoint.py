@@ -1,5 +1,10 @@
 """Checkpoints: tensors as safetensors, everything else as JSON; no pickle anywhere.
 
+Each folder also carries ``checksums.json`` (sha256 of every other file), written last. On load
+the folder must hold exactly those files with exactly those hashes: a truncated or corrupted file
+is detected (resume then falls back to the previous checkpoint and says so), and a planted file —
+say a pickle named ``optimizer.pt`` — is refused without ever being opened.
+
 A checkpoint folder holds ``checkpoint.json`` first (policy type and config, so a loader knows what
 it holds before touching tensors), ``policy.safetensors`` (trainable weights: the adapter or the full
 model), ``ema.safetensors`` (optional), ``optimizer.safetensors`` + the optimizer's non-tensor state
@@ -21,7 +26,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from genrl.hashing import file_sha256, folder_files, folder_sha256
+
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+CHECKSUMS = "checksums.json"
+ALLOWED_SUFFIXES = (".json", ".safetensors")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that must not be loaded (corrupted, incomplete or with foreign files)."""
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -86,10 +99,15 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, dict[str, torch.
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2, default=str))
-    for name, tensors in files.items():
-        save_tensors(tmp / name, tensors)
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
+    try:
+        (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2, default=str))
+        for name, tensors in files.items():
+            save_tensors(tmp / name, tensors)
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
+        (tmp / CHECKSUMS).write_text(json.dumps({p.name: file_sha256(p) for p in folder_files(tmp)}, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full, I/O error) leaves nothing behind
+        raise
     if final.exists():  # re-saving the same step (e.g. after a resume): replace as a unit
         old = root / f".old_step_{step:08d}"
         os.replace(final, old)
@@ -106,3 +124,33 @@ def read_json(path: Path) -> Any:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: missing")
     return json.loads(Path(path).read_text())
+
+
+def verify_checkpoint(path: Path) -> str:
+    """Check a checkpoint folder against its checksums; return the folder's content hash.
+
+    Raises ``CheckpointError`` naming the offending file. Only JSON and safetensors files are ever
+    accepted, so no file in a checkpoint is unpickled or executed.
+    """
+    path = Path(path)
+    sums_file = path / CHECKSUMS
+    if not sums_file.is_file():
+        raise CheckpointError(f"{path}: no {CHECKSUMS} (incomplete or not written by genrl)")
+    try:
+        sums = json.loads(sums_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}/{CHECKSUMS}: not valid JSON ({exc})") from None
+    present = {p.name for p in folder_files(path, exclude=(CHECKSUMS,))}
+    foreign = sorted(present - set(sums))
+    if foreign:
+        raise CheckpointError(f"{path}: unexpected file(s) {foreign} not listed in {CHECKSUMS}; refusing to load")
+    for name, digest in sums.items():
+        if not name.endswith(ALLOWED_SUFFIXES):
+            raise CheckpointError(f"{path}/{name}: only .json and .safetensors files are loaded from checkpoints")
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path}/{name}: listed in {CHECKSUMS} but missing")
+        actual = file_sha256(file)
+        if actual != digest:
+            raise CheckpointError(f"{path}/{name}: content hash {actual[:16]} does not match the recorded {digest[:16]}")
+    return folder_sha256(path)

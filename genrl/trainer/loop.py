@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,7 +26,6 @@ import torch
 import yaml
 
 from genrl.cache import check_references
-from genrl.config.load import recipe_hash
 from genrl.config.validate import RecipeError, to_dict
 from genrl.recipe import TrainRecipe
 from genrl.registry import ADVANTAGES, BENCHMARKS, EXPLORERS, OBJECTIVES, POLICIES, PROMPTS, REWARDS
@@ -33,10 +33,24 @@ from genrl.rewards.base import RewardSet
 from genrl.rng import Purpose, keyed_permutation
 from genrl.trainer import checkpoint as ckpt
 from genrl.trainer.ema import EMA
+from genrl.trainer.faults import FaultLog
 from genrl.trainer.logger import MetricLogger
-from genrl.trainer.manifest import new_manifest, save_manifest
+from genrl.trainer.manifest import (
+    determinism_statement,
+    new_manifest,
+    record_checkpoint,
+    run_hash,
+    save_manifest,
+)
 from genrl.trainer.producer import RolloutProducer
 from genrl.trainer.rollout import Rollout
+
+
+def enable_deterministic_mode() -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int):
@@ -63,9 +77,11 @@ class Trainer:
         self.seed = recipe.seed
         if recipe.num_threads:
             torch.set_num_threads(recipe.num_threads)
-        if recipe.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
         use_cpu = recipe.device == "cpu" or not torch.cuda.is_available()
+        # Deterministic mode: on by default on CPU (free), opt-in on GPU (it costs speed there).
+        self.deterministic = recipe.deterministic if recipe.deterministic is not None else use_cpu
+        if self.deterministic:
+            enable_deterministic_mode()
         if recipe.device == "cuda" and not torch.cuda.is_available():
             raise RecipeError(recipe_file, "device", "expected 'cpu' or 'auto': cuda was requested but no CUDA device is visible")
         check_references(self.resolved, recipe_file)  # every referenced recipe exists before anything is built
@@ -120,8 +136,22 @@ class Trainer:
         self.benchmark = None
         if recipe.eval is not None:
             self.benchmark = BENCHMARKS.get(recipe.eval.name)(recipe.eval.config, recipe_file=recipe_file)
+        self.faults = FaultLog(self.run_dir, max_skipped_update_share=tc.max_skipped_update_share,
+                               skip_grad_norm=tc.skip_grad_norm)
         self.step = 0
         self.history: list[dict] = []
+
+    def inputs(self) -> dict[str, Path | None]:
+        """Everything this run reads, for the manifest's content hashes (and replay's refusal)."""
+        found: dict[str, Path | None] = {"base_checkpoint": self.base_dir}
+        for i, p in self.reward_dirs.items():
+            found[f"rewards[{i}]:{self.recipe.rewards[i].name}"] = p
+        for i, fn in enumerate(self.rewards.fns):
+            for name, p in getattr(fn, "input_files", {}).items():
+                found[f"rewards[{i}]:{name}"] = p
+        if self.benchmark is not None:
+            found.update({f"eval:{k}": v for k, v in getattr(self.benchmark, "input_files", {}).items()})
+        return found
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -154,7 +184,11 @@ class Trainer:
         t2 = self._clock()
         batch = self._gather(local).to("cpu")
         self.rewards.account(batch["valid"])
-        adv = self.advantage(batch["rewards"], self.rewards.weights, batch["group_ids"], batch["valid"])
+        # A sample whose reward failed takes its whole group out of the update (its statistics are unknown).
+        groups = batch["group_ids"]
+        bad_groups = torch.unique(groups[~batch["valid"]])
+        usable = ~torch.isin(groups, bad_groups)
+        adv = self.advantage(batch["rewards"], self.rewards.weights, groups, usable)
         batch["advantages"] = adv.advantages
         metrics = self._update(step, batch.to(self.device))
         t3 = self._clock()
@@ -166,6 +200,7 @@ class Trainer:
         total = (r * self.rewards.weights).sum(1)  # elementwise: no alignment-dependent gemv
         metrics["reward/total/mean"], metrics["reward/total/std"] = float(total.mean()), float(total.std())
         metrics["reward/invalid_share"] = float((~batch["valid"]).float().mean())
+        metrics["reward/skipped_groups"] = float(len(bad_groups))
         metrics.update(adv.metrics)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0})
@@ -180,7 +215,7 @@ class Trainer:
         model = self.policy.engine_model
         for epoch in range(tc.inner_epochs):
             perm = keyed_permutation(n, self.seed, Purpose.SHUFFLE, step, epoch)
-            for mb in perm.split(tc.minibatch_size):
+            for j, mb in enumerate(perm.split(tc.minibatch_size)):
                 local = mb[self.rank :: self.world]  # this rank's share of the global minibatch
                 micros = local.split(tc.micro_batch_size)
                 for i, idx in enumerate(micros):
@@ -194,13 +229,18 @@ class Trainer:
                     for t, rt in out.step_ratios.items():
                         ratios[t].append(rt)
                     count += len(idx)
-                norm = self.acc.clip_grad_norm_(list(self.policy.trainable_parameters().values()), tc.max_grad_norm)
-                grad_norms.append(float(norm))
-                self.optimizer.step()
-                self.scheduler.step()
+                norm = float(self.acc.clip_grad_norm_(list(self.policy.trainable_parameters().values()),
+                                                      tc.max_grad_norm))
+                skip = self.faults.bad_update(norm)  # the norm is global (after all-reduce): ranks agree
+                self.faults.record_update(skip, grad_norm=norm, batch=batch.select(local) if skip else None,
+                                          tag=f"step{step:06d}_epoch{epoch}_mb{j}", rank=self.rank)
+                if not skip:
+                    grad_norms.append(norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    if self.ema is not None:
+                        self.ema.update()
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.update()
         metrics = {k: v / count for k, v in sums.items()}
         if self.world > 1:
             keys = sorted(metrics)
@@ -212,7 +252,8 @@ class Trainer:
                 rt = self.acc.gather(rt)
             metrics.update({f"ratio/step_{t:02d}/mean": float(rt.mean()), f"ratio/step_{t:02d}/std": float(rt.std()),
                             f"ratio/step_{t:02d}/min": float(rt.min()), f"ratio/step_{t:02d}/max": float(rt.max())})
-        metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        metrics["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        metrics["fault/skipped_updates"] = float(self.faults.skipped_updates)
         return metrics
 
     # ------------------------------------------------------------- checkpoints
@@ -225,32 +266,47 @@ class Trainer:
             "base_checkpoint": str(self.base_dir) if self.base_dir else None,
             "step": self.step,
             "has_ema": self.ema is not None,
-            "recipe_hash": recipe_hash(self.resolved),
+            "recipe_hash": run_hash(self.resolved),
         }
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, *, final: bool = False) -> Path | None:
+        """Write a checkpoint (main process). A failed write (disk full, I/O error) keeps the previous
+        checkpoint valid; it is counted and the run goes on, except for the final checkpoint."""
         path = None
         if self.is_main:
             files = {"policy.safetensors": self.policy.trainable_state_dict(), **self.policy.frozen_checkpoint_files()}
             if self.ema is not None:
                 files["ema.safetensors"] = self.ema.state_dict()
-            opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer)
+            opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self._raw_optimizer)
             files["optimizer.safetensors"] = opt_tensors
             files["rng.safetensors"] = {"torch_cpu": torch.get_rng_state()}
             state = {"step": self.step, "data_position": self.step, "optimizer": opt_meta,
                      "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
                      "advantage": self.advantage.state_dict(),
-                     "rewards": {"invalid": self.rewards.invalid_count, "total": self.rewards.total_count}}
-            path = ckpt.write_checkpoint(self.run_dir, self.step, files, self._checkpoint_meta(), state,
-                                         keep_last=self.recipe.trainer.keep_last)
-            self.manifest["checkpoints"].append({"step": self.step, "path": str(path.relative_to(self.run_dir))})
-            kept = {p.name for p in ckpt.list_checkpoints(self.run_dir)}
-            self.manifest["checkpoints"] = [c for c in self.manifest["checkpoints"] if Path(c["path"]).name in kept]
-            save_manifest(self.run_dir, self.manifest)
+                     "rewards": {"invalid": self.rewards.invalid_count, "total": self.rewards.total_count},
+                     "faults": self.faults.state_dict()}
+            try:
+                path = ckpt.write_checkpoint(self.run_dir, self.step, files, self._checkpoint_meta(), state,
+                                             keep_last=self.recipe.trainer.keep_last)
+            except OSError as exc:
+                self.faults.checkpoint_failures += 1
+                previous = ckpt.latest_checkpoint(self.run_dir)
+                print(f"[genrl] could not write the checkpoint of step {self.step}: {exc}; "
+                      f"the previous checkpoint ({previous.name if previous else 'none'}) is still valid")
+                if final:
+                    raise
+            if path is not None:
+                record_checkpoint(self.manifest, self.run_dir, path, self.step)
+                save_manifest(self.run_dir, self.manifest)
         self.acc.wait_for_everyone()
         return path
 
+    @property
+    def _raw_optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+
     def load_checkpoint(self, path: Path) -> None:
+        ckpt.verify_checkpoint(path)  # exactly the files genrl wrote, with their hashes; nothing foreign
         meta = ckpt.read_json(path / "checkpoint.json")
         if meta.get("policy") != self.recipe.policy.name:
             raise ValueError(f"{path}: holds a {meta.get('policy')!r} policy, the recipe trains {self.recipe.policy.name!r}")
@@ -258,31 +314,51 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.load_tensors(path / "ema.safetensors"))
         state = ckpt.read_json(path / "trainer_state.json")
-        opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-        opt.load_state_dict(ckpt.optimizer_state_from_flat(ckpt.load_tensors(path / "optimizer.safetensors"), state["optimizer"]))
+        self._raw_optimizer.load_state_dict(
+            ckpt.optimizer_state_from_flat(ckpt.load_tensors(path / "optimizer.safetensors"), state["optimizer"]))
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
         self.advantage.load_state_dict(state["advantage"])
         self.rewards.invalid_count, self.rewards.total_count = state["rewards"]["invalid"], state["rewards"]["total"]
+        self.faults.load_state_dict(state.get("faults", {}))
         torch.set_rng_state(ckpt.load_tensors(path / "rng.safetensors")["torch_cpu"])
         self.step = state["step"]
 
+    def _resume(self) -> tuple[Path | None, list[str]]:
+        """Load the newest checkpoint that verifies; report (and skip) corrupted ones."""
+        notes = []
+        for path in reversed(ckpt.list_checkpoints(self.run_dir)):
+            try:
+                self.load_checkpoint(path)
+            except ckpt.CheckpointError as exc:
+                note = f"checkpoint {path.name} is unusable ({exc}); falling back to the previous one"
+                print(f"[genrl] {note}")
+                notes.append(note)
+                continue
+            return path, notes
+        if notes:
+            raise ckpt.CheckpointError(f"{self.run_dir}: no usable checkpoint: " + "; ".join(notes))
+        return None, notes
+
     # ------------------------------------------------------------------ run
-    def _start_run_dir(self, resume_from: Path | None) -> None:
+    def _start_run_dir(self, resume_from: Path | None, notes: list[str]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         manifest_file = self.run_dir / "manifest.json"
         if resume_from is not None and manifest_file.is_file():
             self.manifest = ckpt.read_json(manifest_file)
-            if self.manifest.get("recipe_hash") != recipe_hash(self.resolved):
+            if self.manifest.get("recipe_hash") != run_hash(self.resolved):
                 raise ValueError(f"{self.run_dir}: resuming with a different recipe than the run was started with "
-                                 f"(hash {recipe_hash(self.resolved)} vs {self.manifest.get('recipe_hash')})")
+                                 f"(hash {run_hash(self.resolved)} vs {self.manifest.get('recipe_hash')})")
         else:
-            inputs = {f"reward:{self.recipe.rewards[i].name}": str(p) for i, p in self.reward_dirs.items()}
             self.manifest = new_manifest(
-                recipe_file=self.recipe_file, recipe_hash=recipe_hash(self.resolved), resolved=self.resolved,
-                seed=self.seed, world_size=self.world, base_checkpoint=str(self.base_dir) if self.base_dir else None,
-                inputs=inputs)
+                recipe_file=self.recipe_file, resolved=self.resolved, seed=self.seed, world_size=self.world,
+                base_checkpoint=str(self.base_dir) if self.base_dir else None, inputs=self.inputs(),
+                determinism=determinism_statement(
+                    deterministic=self.deterministic, device=self.device.type, world_size=self.world,
+                    mixed_precision=self.recipe.mixed_precision,
+                    remote_rewards=[n for n, f in zip(self.rewards.names, self.rewards.fns) if getattr(f, "remote", False)]))
         self.manifest["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                          "resumed_from_step": self.step, "world_size": self.world})
+                                          "resumed_from_step": self.step, "world_size": self.world,
+                                          "notes": notes})
         if self.is_main:
             save_manifest(self.run_dir, self.manifest)
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
@@ -290,12 +366,10 @@ class Trainer:
     def train(self, *, resume: bool = True, until_step: int | None = None) -> dict:
         """Run (or resume) to ``trainer.steps``; ``until_step`` stops early after checkpointing that step
         (an interruption on purpose: tests, replays and preemption use it)."""
-        latest = ckpt.latest_checkpoint(self.run_dir) if resume else None
-        if latest is not None:
-            self.load_checkpoint(latest)
-            if self.is_main:
-                print(f"[genrl] resuming {self.run_dir} from {latest.name}")
-        self._start_run_dir(latest)
+        latest, notes = self._resume() if resume else (None, [])
+        if latest is not None and self.is_main:
+            print(f"[genrl] resuming {self.run_dir} from {latest.name}")
+        self._start_run_dir(latest, notes)
         self.acc.wait_for_everyone()
         lc = self.recipe.logging
         self.logger = MetricLogger(self.run_dir, tensorboard=lc.tensorboard, wandb=lc.wandb,
@@ -320,7 +394,7 @@ class Trainer:
             bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}", refresh=False)
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
                 self.save_checkpoint()
-        final = self.save_checkpoint()
+        final = self.save_checkpoint(final=True)
         if until_step is not None and self.step < tc.steps:
             self.logger.close()
             return {"final_checkpoint": str(final) if final else None, "stopped_at": self.step}
