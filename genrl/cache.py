@@ -17,6 +17,7 @@ from pathlib import Path
 
 from genrl.config.load import load_recipe, recipe_hash
 from genrl.config.validate import RecipeError
+from genrl.hashing import path_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,10 @@ def check_references(resolved: dict, recipe_file: str | None) -> list[Path]:
 def cached_artifact(recipe_file: Path, schema: type, kind: str, build: Callable[[object, Path], None]) -> Path:
     """Return the cache folder of the artifact that ``recipe_file`` makes, building it if needed."""
     config, resolved = load_recipe(recipe_file, schema)
-    target = cache_root() / kind / recipe_hash(resolved)
+    # Files a recipe reads (``data_file``) are part of the artifact's identity: new content, new artifact.
+    files = {k: path_sha256(Path(v)) for k, v in resolved.items() if k.endswith("_file") and isinstance(v, str)
+             and Path(v).exists()}
+    target = cache_root() / kind / recipe_hash({**resolved, "_file_hashes": files} if files else resolved)
     if (target / "checkpoint.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

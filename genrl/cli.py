@@ -15,7 +15,7 @@ def _train(args: argparse.Namespace) -> int:
     recipe, _ = load_recipe(args.recipe, TrainRecipe, args.overrides)
     run_dir = args.resume if isinstance(args.resume, str) else args.run_dir
     trainer = Trainer(recipe, recipe_file=str(args.recipe), run_dir=run_dir)
-    results = trainer.train(resume=not args.fresh)
+    results = trainer.train(resume=not args.fresh, until_step=args.until_step)
     if trainer.is_main:
         print(f"[genrl] run directory: {trainer.run_dir}")
         if results.get("final_checkpoint"):
@@ -108,6 +108,64 @@ def _recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from genrl.replay import ReplayRefused, replay
+
+    try:
+        report = replay(Path(args.run_dir), until=args.until, out=Path(args.out) if args.out else None)
+    except ReplayRefused as err:
+        print(f"genrl: replay refused: {err}", file=sys.stderr)
+        return 2
+    for note in report.notes:
+        print(f"[genrl] {note}")
+    print(report.summary())
+    return 0 if report.bitwise else 1
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """``genrl eval``: every check before any model is loaded (exit 2 with the reason), then evaluate."""
+    import torch
+
+    from genrl.eval.benchmark import EvalError
+    from genrl.eval.runner import plan_eval, run_eval
+
+    torch.set_num_threads(args.num_threads)
+    try:
+        plan = plan_eval(args.path, args.benchmark, n=args.n, seeds=args.seeds, seed=args.seed,
+                         data=args.data, overrides=args.overrides)
+    except EvalError as err:
+        print(f"genrl: eval error: {err}", file=sys.stderr)
+        return 2
+    result, out = run_eval(plan, args.out, use_ema=not args.no_ema)
+    for name, m in result.metrics.items():
+        ci = "" if m["ci95"] is None else f"  95% CI [{m['ci95'][0]:.4g}, {m['ci95'][1]:.4g}]"
+        print(f"{name:<34}{m['mean']:>10.4g}{ci}")
+    print(f"[genrl] {plan.name} on {plan.checkpoint} (seeds {plan.seeds}) -> {out / 'metrics.json'}, {out / 'report.html'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``genrl compare``: a side-by-side table of eval outputs, differences tested against the seed noise."""
+    import json
+
+    from genrl.eval.benchmark import EvalError
+    from genrl.eval.compare import compare, comparison_markdown
+
+    try:
+        result = compare(args.results)
+    except EvalError as err:
+        print(f"genrl: compare error: {err}", file=sys.stderr)
+        return 2
+    text = comparison_markdown(result)
+    print(text, end="")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(text)
+        (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genrl", description="RL fine-tuning of generative policies.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="resume RUN_DIR (default: the recipe's run_dir) from its latest checkpoint")
     t.add_argument("--fresh", action="store_true", help="ignore checkpoints already in the run directory")
+    t.add_argument("--until-step", type=int, default=None, metavar="N",
+                   help="stop after step N (with a checkpoint); the run can be resumed later")
     t.set_defaults(func=_train)
 
     pt = sub.add_parser("pretrain", help="build a base model / reward model from its recipe")
@@ -138,15 +198,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-threads", type=int, default=1)
     s.set_defaults(func=_sample)
 
+    rp = sub.add_parser("replay", help="re-execute a run from its manifest and check it step by step")
+    rp.add_argument("run_dir")
+    rp.add_argument("--until", type=int, default=None, metavar="STEP", help="replay the first STEP steps only")
+    rp.add_argument("--out", default=None, help="replay directory (default: RUN_DIR-replay)")
+    rp.set_defaults(func=_replay)
+
     r = sub.add_parser("recipe", help="check recipe files or explain the recipe schema")
     r.add_argument("action", choices=["check", "explain"])
     r.add_argument("recipes", nargs="*")
     r.set_defaults(func=_recipe)
+
+    e = sub.add_parser("eval", help="evaluate a run directory or checkpoint on a benchmark (metrics.json + report)")
+    e.add_argument("path", help="run directory (latest checkpoint) or checkpoint directory")
+    e.add_argument("overrides", nargs="*", help="key=value options of the benchmark (e.g. judge_recipe=...)")
+    e.add_argument("--benchmark", required=True, help="registered benchmark name (e.g. digits)")
+    e.add_argument("--n", type=int, default=None, help="samples per prompt and seed (default: the benchmark's)")
+    e.add_argument("--seeds", type=int, default=3, help="number of seeds: seed, seed+1, ... (default 3)")
+    e.add_argument("--seed", type=int, default=None, help="first seed (default: the benchmark's)")
+    e.add_argument("--data", default=None, help="data folder of benchmarks that read downloaded files")
+    e.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval/<benchmark>/<step> for a "
+                                                "run directory, else eval/<benchmark>/<checkpoint name>)")
+    e.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
+    e.add_argument("--num-threads", type=int, default=1)
+    e.set_defaults(func=_eval)
+
+    c = sub.add_parser("compare", help="compare eval outputs of the same benchmark, first one = baseline")
+    c.add_argument("results", nargs="+", help="genrl eval output folders or their metrics.json files")
+    c.add_argument("--out", default=None, help="also write compare.md and compare.json into this folder")
+    c.set_defaults(func=_compare)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from genrl.config.validate import RecipeError
+    from genrl.data.image_files import DataRowError
+    from genrl.trainer.checkpoint import CheckpointError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -161,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         print(f"genrl: recipe error: {err}", file=sys.stderr)
         return 2
-    except FileNotFoundError as err:
+    except (FileNotFoundError, CheckpointError, DataRowError) as err:
         print(f"genrl: {err}", file=sys.stderr)
         return 2
 

@@ -53,7 +53,7 @@ class TrainerConfig:
         default=None, help="Skip an update whose gradient norm exceeds this (non-finite norms are always skipped)."
     )
     max_skipped_update_share: float = option(
-        default=0.1, help="Stop the run when more than this share of updates had to be skipped."
+        default=0.1, help="Stop the run when the skipped updates pass this share of the run's planned updates."
     )
     rollout_depth: Literal[0] = option(
         default=0, help="Rollouts produced ahead of the update (0 = on-policy; >0 reserved for async modes)."

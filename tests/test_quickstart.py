@@ -8,29 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import ROOT
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
-    work = tmp_path_factory.mktemp("quickstart")
-    cache = os.environ.get("GENRL_CACHE") or str(tmp_path_factory.getbasetemp() / "genrl_cache")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENRL_CACHE": cache}
-    run = work / "run"
-    proc = subprocess.run([sys.executable, "-m", "genrl.cli", "train", str(ROOT / "recipes/quickstart.yaml"),
-                           "--run-dir", str(run), "logging.progress=false"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    before = json.loads((run / "eval" / "before.json").read_text())
-    after = json.loads((run / "eval" / "after.json").read_text())
-    return run, before, after, proc.stdout
 
 
 def test_base_is_a_genuine_pretrained_model(quickstart):

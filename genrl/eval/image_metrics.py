@@ -20,13 +20,14 @@ from torch import nn
 
 
 @torch.no_grad()
-def prompt_accuracy(
+def prompt_correct(
     classifier: nn.Module, images: torch.Tensor, prompts: torch.Tensor, *, batch_size: int = 512
-) -> float:
-    """Fraction of ``images`` whose predicted class equals their prompt (class label).
+) -> torch.Tensor:
+    """Per image, whether the predicted class equals its prompt (class label): bool ``[B]``.
 
-    Runs in eval mode without gradients, in batches; the classifier's training/eval mode is
-    restored afterwards.
+    Per-sample outcomes, not just their mean, so that evaluation can pool them over seeds, give
+    a binomial interval and pass@k. Runs in eval mode without gradients, in batches; the
+    classifier's training/eval mode is restored afterwards.
     """
     prompts = torch.as_tensor(prompts).long().reshape(-1)
     if images.shape[0] != prompts.shape[0]:
@@ -39,7 +40,14 @@ def prompt_accuracy(
         predictions = torch.cat([classifier(chunk).argmax(-1).cpu() for chunk in images.split(batch_size)])
     finally:
         classifier.train(was_training)
-    return (predictions == prompts.cpu()).float().mean().item()
+    return predictions == prompts.cpu()
+
+
+def prompt_accuracy(
+    classifier: nn.Module, images: torch.Tensor, prompts: torch.Tensor, *, batch_size: int = 512
+) -> float:
+    """Fraction of ``images`` whose predicted class equals their prompt (see :func:`prompt_correct`)."""
+    return prompt_correct(classifier, images, prompts, batch_size=batch_size).float().mean().item()
 
 
 @torch.no_grad()

@@ -124,3 +124,39 @@ def save_curve_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
     return path
+
+
+def save_bar_png(
+    path: str | Path,
+    labels: list[str],
+    values: list[float],
+    lows: list[float] | None = None,
+    highs: list[float] | None = None,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
+    """Write a bar chart of one value per label, with error bars from ``lows``/``highs`` (interval
+    bounds, not half-widths, so asymmetric intervals such as Wilson's draw correctly)."""
+    if len(labels) != len(values):
+        raise ValueError(f"{len(labels)} labels but {len(values)} values")
+    fig = Figure(figsize=(max(4.0, 0.45 * len(labels) + 1.5), 3.2), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(labels))
+    yerr = None
+    if lows is not None and highs is not None:
+        v = np.asarray(values, dtype=float)
+        yerr = np.stack([v - np.asarray(lows, dtype=float), np.asarray(highs, dtype=float) - v]).clip(min=0.0)
+    ax.bar(x, values, yerr=yerr, capsize=3, color="#4c72b0")
+    ax.set_xticks(x, labels)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path

@@ -157,12 +157,13 @@ class FlowImagePolicy:
                         device: str = "cpu") -> FlowImagePolicy:
         """Load any flow_image checkpoint (a pretrained base or an RL checkpoint) for sampling."""
         from genrl.config.validate import build
-        from genrl.trainer.checkpoint import load_tensors
+        from genrl.trainer.checkpoint import load_tensors, verify_checkpoint
 
         path = Path(path).resolve()
         meta = read_checkpoint_meta(path)
         if meta.get("weights") == "full_base":
             return cls(cls.Config(num_steps=meta.get("num_steps", 10)), device=device, base_dir=path)
+        verify_checkpoint(path)  # exactly the files genrl wrote: a planted pickle is refused, never opened
         config = build(cls.Config, meta["policy_config"], file=str(path / "checkpoint.json"), key="policy_config")
         base = Path(meta["base_checkpoint"]) if meta.get("base_checkpoint") else None
         if base is not None and not base.exists():

@@ -29,6 +29,9 @@ class FlowPretrainRecipe:
 
     kind: Literal["flow_image"] = option(help="Artifact kind; must be flow_image.")
     split: Literal["generator", "reward", "judge"] = option(default="generator", help="Digits split to train on.")
+    data_file: str | None = option(
+        default=None, help="Your own images instead of the digits: .npz (images [N,H,W], labels [N]) or .jsonl."
+    )
     seed: int = option(default=0, help="Seed of initialisation, batches and noise.")
     model: FlowDiTConfig = option(default_factory=FlowDiTConfig, help="Transformer size.")
     steps: int = option(default=3000, help="Optimizer steps.")
@@ -56,7 +59,13 @@ def build_flow_base(config: FlowPretrainRecipe, out_dir: Path, *, progress: bool
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, config.steps, config.warmup_steps))
     ema = [p.detach().clone() for p in params] if config.ema_decay > 0 else None
-    images, labels = digit_split(config.split)
+    if config.data_file:
+        from genrl.data.image_files import load_image_dataset
+
+        images, labels = load_image_dataset(config.data_file, size=config.model.sample_size,
+                                            num_classes=config.model.num_classes)
+    else:
+        images, labels = digit_split(config.split)
     x_all = images.unsqueeze(1) * 2 - 1
     n_cls = config.model.num_classes
     model.train()

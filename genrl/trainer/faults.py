@@ -2,7 +2,7 @@
 
 * a non-finite loss or gradient norm (or one above ``trainer.skip_grad_norm``): the optimizer update
   is skipped, the offending minibatch is saved to ``RUN_DIR/faults/`` for inspection, and the run
-  stops once more than ``trainer.max_skipped_update_share`` of the updates were skipped;
+  stops once the skipped updates pass ``trainer.max_skipped_update_share`` of the run's planned updates;
 * a checkpoint that cannot be written (disk full, I/O error): the previous one stays valid, the
   failure is counted and reported; the final checkpoint must succeed.
 """
@@ -22,8 +22,10 @@ class TooManyFaultsError(RuntimeError):
 
 
 class FaultLog:
-    def __init__(self, run_dir: Path, *, max_skipped_update_share: float, skip_grad_norm: float | None) -> None:
+    def __init__(self, run_dir: Path, *, max_skipped_update_share: float, skip_grad_norm: float | None,
+                 planned_updates: int) -> None:
         self.run_dir = Path(run_dir)
+        self.planned_updates = planned_updates
         self.max_skipped_update_share = max_skipped_update_share
         self.skip_grad_norm = skip_grad_norm
         self.skipped_updates = 0
@@ -46,12 +48,13 @@ class FaultLog:
             out.mkdir(parents=True, exist_ok=True)
             save_tensors(out / f"{tag}_rank{rank}.safetensors", {k: v.float() if v.is_floating_point() else v
                                                                  for k, v in batch.tensors.items()})
-        share = self.skipped_updates / self.total_updates
+        # The share is of the run's planned updates, so one early blow-up does not end a long run.
+        share = self.skipped_updates / self.planned_updates
         if share > self.max_skipped_update_share:
             raise TooManyFaultsError(
-                f"{self.skipped_updates} of {self.total_updates} updates ({share:.1%}) had a non-finite or exploding "
-                f"gradient, above trainer.max_skipped_update_share={self.max_skipped_update_share:.1%}; the "
-                f"offending minibatches are in {self.run_dir / 'faults'}")
+                f"{self.skipped_updates} updates ({share:.1%} of the run's {self.planned_updates}) had a non-finite "
+                f"or exploding gradient, above trainer.max_skipped_update_share={self.max_skipped_update_share:.1%}; "
+                f"the offending minibatches are in {self.run_dir / 'faults'}")
 
     def state_dict(self) -> dict:
         return {"skipped_updates": self.skipped_updates, "total_updates": self.total_updates,

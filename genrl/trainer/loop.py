@@ -137,7 +137,7 @@ class Trainer:
         if recipe.eval is not None:
             self.benchmark = BENCHMARKS.get(recipe.eval.name)(recipe.eval.config, recipe_file=recipe_file)
         self.faults = FaultLog(self.run_dir, max_skipped_update_share=tc.max_skipped_update_share,
-                               skip_grad_norm=tc.skip_grad_norm)
+                               skip_grad_norm=tc.skip_grad_norm, planned_updates=tc.steps * updates_per_step)
         self.step = 0
         self.history: list[dict] = []
 
