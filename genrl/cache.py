@@ -20,6 +20,8 @@ from genrl.config.validate import RecipeError
 from genrl.hashing import path_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Bumped when what a builder writes changes, so caches made by older code are not reused.
+ARTIFACT_FORMAT = 2
 
 
 def cache_root() -> Path:
@@ -63,7 +65,7 @@ def cached_artifact(recipe_file: Path, schema: type, kind: str, build: Callable[
     # Files a recipe reads (``data_file``) are part of the artifact's identity: new content, new artifact.
     files = {k: path_sha256(Path(v)) for k, v in resolved.items() if k.endswith("_file") and isinstance(v, str)
              and Path(v).exists()}
-    target = cache_root() / kind / recipe_hash({**resolved, "_file_hashes": files} if files else resolved)
+    target = cache_root() / kind / recipe_hash({**resolved, "_file_hashes": files, "_format": ARTIFACT_FORMAT})
     if (target / "checkpoint.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -96,3 +96,11 @@ def digit_split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     indices = digit_split_indices(name)
     images, labels = load_digit_images()
     return images[indices], labels[indices]
+
+
+def split_fingerprint(name: str) -> str:
+    """sha256 of a split's images and labels: recorded by every model trained on it."""
+    from genrl.hashing import tensors_sha256
+
+    images, labels = digit_split(name)
+    return tensors_sha256(images, labels)

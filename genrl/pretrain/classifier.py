@@ -9,7 +9,7 @@ from typing import Literal
 
 from genrl.cache import cached_artifact, resolve_recipe_path
 from genrl.config.validate import option
-from genrl.data.digits import digit_split
+from genrl.data.digits import digit_split, split_fingerprint
 from genrl.models.digit_classifier import DigitClassifierConfig, save_classifier, train_classifier
 
 
@@ -44,7 +44,9 @@ def build_classifier(config: ClassifierRecipe, out_dir: Path, *, progress: bool 
         progress=progress,
     )
     save_classifier(model, out_dir, {**metrics, "split": config.split})
-    (out_dir / "checkpoint.json").write_text(json.dumps({"kind": "digit_classifier", "split": config.split, **metrics}, indent=2))
+    data = {"source": f"sklearn-digits:{config.split}", "sha256": split_fingerprint(config.split)}
+    (out_dir / "checkpoint.json").write_text(
+        json.dumps({"kind": "digit_classifier", "split": config.split, "data": data, **metrics}, indent=2))
 
 
 def classifier_from_recipe(recipe: str, *, referenced_from: str | None = None, key: str = "") -> Path:

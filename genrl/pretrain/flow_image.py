@@ -99,7 +99,10 @@ def build_flow_base(config: FlowPretrainRecipe, out_dir: Path, *, progress: bool
             for e, p in zip(ema, params):
                 p.copy_(e)
     policy.save_base(out_dir)
-    meta = {"format": "genrl-checkpoint/1", "policy": "flow_image", "weights": "full_base",
+    from genrl.hashing import tensors_sha256
+
+    data = {"source": config.data_file or f"sklearn-digits:{config.split}", "sha256": tensors_sha256(images, labels)}
+    meta = {"format": "genrl-checkpoint/1", "policy": "flow_image", "weights": "full_base", "data": data,
             "model": asdict(config.model), "num_steps": config.num_steps, "trained_steps": config.steps,
             "base_checkpoint": None, "final_loss": float(loss.item())}
     (out_dir / "checkpoint.json").write_text(json.dumps(meta, indent=2))
