@@ -157,7 +157,7 @@ def welch_test(a: Summary, b: Summary, alpha: float = ALPHA) -> Difference:
     """Welch's t-test of ``b.mean - a.mean`` from the two summaries (the compare rule)."""
     diff = b.mean - a.mean
     if a.n < 2 or b.n < 2:
-        return Difference(diff, None, None, None, None, f"not tested: n = {a.n} vs {b.n} (needs >= 2 on each side)")
+        return Difference(diff, None, None, None, None, f"not tested: n = {a.n} vs {b.n}; needs >= 2 on each side")
     va, vb = a.std**2 / a.n, b.std**2 / b.n
     se = math.sqrt(va + vb)
     if se == 0.0:  # both sides constant: any difference is exact, none is noise
