@@ -75,6 +75,21 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalSchedule:
+    every: int = option(default=0, help="Run the eval benchmark every N steps (0 = only before and after training).")
+    seeds: int = option(default=1, help="Evaluation seeds per periodic evaluation (statistics over seeds).")
+    select: str | None = option(
+        default=None, help="Metric that picks the best checkpoint (kept in checkpoints/best); null = none kept."
+    )
+
+    def validate(self) -> None:
+        if self.every < 0:
+            raise ValueError("every: must be >= 0")
+        if self.seeds < 1:
+            raise ValueError("seeds: must be >= 1")
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = option(default=True, help="Write TensorBoard scalars to RUN_DIR/tb.")
     wandb: bool = option(default=False, help="Also log to Weights & Biases (needs `pip install wandb`).")
@@ -93,6 +108,7 @@ class TrainRecipe:
     advantage: ComponentSpec = component(ADVANTAGES, default={"name": "group_relative"}, help="Advantage estimator.")
     objective: ComponentSpec = component(OBJECTIVES, default={"name": "flow_grpo"}, help="The loss.")
     eval: ComponentSpec | None = component(BENCHMARKS, default=None, help="Benchmark run before and after training.")
+    eval_schedule: EvalSchedule = option(default_factory=EvalSchedule, help="Periodic evaluation and best checkpoint.")
     seed: int = option(default=0, help="Seed of every keyed random draw.")
     device: Literal["auto", "cpu", "cuda"] = option(default="auto", help="auto = CUDA when available.")
     num_threads: int | None = option(default=1, help="torch intra-op threads per process (1 is fastest on small CPUs).")
@@ -105,6 +121,13 @@ class TrainRecipe:
     tags: list[str] = field(default_factory=list, metadata={"help": "Free-form labels."})
 
     def validate(self) -> None:
+        if self.eval is None and (self.eval_schedule.every or self.eval_schedule.select):
+            raise ValueError("eval_schedule: periodic evaluation needs an eval benchmark")
+        if self.eval is not None and self.eval_schedule.select is not None:
+            names = {m.name for m in BENCHMARKS.get(self.eval.name).metrics}
+            if self.eval_schedule.select.split("/pass@")[0] not in names:
+                raise ValueError(f"eval_schedule: select {self.eval_schedule.select!r} is not a metric of "
+                                 f"{self.eval.name!r}; expected one of {sorted(names)}")
         if not self.rewards:
             raise ValueError("rewards: at least one reward component is needed")
         noise = getattr(self.explorer.config, "noise_level", None)

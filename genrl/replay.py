@@ -100,8 +100,8 @@ def _metrics(path: Path) -> dict[int, dict]:
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
-                row = json.loads(line)
-                rows[row["step"]] = {k: v for k, v in row.items() if not k.startswith("time/")}
+                row = json.loads(line)  # a step may have several lines (training, then periodic eval)
+                rows.setdefault(row["step"], {}).update({k: v for k, v in row.items() if not k.startswith("time/")})
     return rows
 
 

@@ -409,3 +409,33 @@ def test_periodic_evaluator_writes_metrics_and_tracks_the_best_checkpoint(tmp_pa
     assert resumed(0.8, step=4)[1] is False  # the best of the whole run survives a restart
     with pytest.raises(ValueError, match="unknown metric 'scor'"):
         PeriodicEvaluator(Scripted(), tmp_path / "x", name="scripted", seeds=[0], select="scor")
+
+
+def test_training_evaluates_on_a_cadence_logs_it_and_keeps_the_best_checkpoint(tmp_path, cache_env) -> None:
+    from genrl.trainer.checkpoint import verify_checkpoint
+    from tests.helpers import make_trainer
+
+    trainer = make_trainer(tmp_path / "run", "trainer.steps=2", "trainer.checkpoint_every=0",
+                           "eval={name: digits, n_per_prompt: 2, judge_recipe: recipes/smoke/judge_tiny.yaml}",
+                           "eval_schedule={every: 1, seeds: 2, select: judge_accuracy}")
+    trainer.train()
+    run = tmp_path / "run"
+    for step in (1, 2):
+        metrics = json.loads((run / "eval" / f"step_{step:08d}" / "metrics.json").read_text())
+        assert metrics["seeds"] == [1234, 1235] and "ci95" in json.dumps(metrics["metrics"]["judge_accuracy"])
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum("eval/judge_accuracy/mean" in row for row in lines) == 2
+    best = json.loads((run / "eval" / "best.json").read_text())
+    assert best["metric"] == "judge_accuracy" and best["best"]["step"] in (1, 2)
+    verify_checkpoint(run / "checkpoints" / "best")  # an intact copy, outside the pruned rotation
+    from genrl.trainer.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(run).name == "step_00000002"
+
+
+def test_a_selection_metric_the_benchmark_lacks_is_a_recipe_error(tmp_path) -> None:
+    from genrl.config.validate import RecipeError
+    from tests.helpers import smoke_recipe
+
+    with pytest.raises(RecipeError, match=r"eval_schedule: select 'acc' is not a metric of 'digits'"):
+        smoke_recipe("eval={name: digits}", "eval_schedule={every: 1, select: acc}")

@@ -73,6 +73,7 @@ class DigitsBenchmark:
         self.config = config
         self.judge_dir = classifier_from_recipe(config.judge_recipe, referenced_from=recipe_file, key="eval.judge_recipe")
         self.judge = load_classifier(self.judge_dir).eval()
+        self.input_files = {"judge": self.judge_dir}  # hashed into the run manifest
         self._real_features: torch.Tensor | None = None
         self._last_images: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 

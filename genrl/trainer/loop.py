@@ -133,9 +133,18 @@ class Trainer:
         self.producer = RolloutProducer(self.policy, self.explorer, self.prompts, seed=self.seed,
                                         prompts_per_step=tc.prompts_per_step, group_size=tc.group_size,
                                         rank=self.rank, world_size=self.world, depth=tc.rollout_depth)
-        self.benchmark = None
+        self.benchmark = self.evaluator = None
         if recipe.eval is not None:
             self.benchmark = BENCHMARKS.get(recipe.eval.name)(recipe.eval.config, recipe_file=recipe_file)
+            sched = recipe.eval_schedule
+            if sched.every and self.is_main:
+                from genrl.eval.periodic import PeriodicEvaluator
+
+                base_seed = getattr(recipe.eval.config, "seed", 0)
+                self.evaluator = PeriodicEvaluator(
+                    self.benchmark, self.run_dir / "eval", name=recipe.eval.name,
+                    seeds=[base_seed + i for i in range(sched.seeds)], select=sched.select,
+                    keep_best_dir=self.run_dir / "checkpoints" / "best" if sched.select else None)
         self.faults = FaultLog(self.run_dir, max_skipped_update_share=tc.max_skipped_update_share,
                                skip_grad_norm=tc.skip_grad_norm, planned_updates=tc.steps * updates_per_step)
         self.step = 0
@@ -323,6 +332,19 @@ class Trainer:
         torch.set_rng_state(ckpt.load_tensors(path / "rng.safetensors")["torch_cpu"])
         self.step = state["step"]
 
+    def _periodic_eval(self, checkpoint: Path | None) -> None:
+        """Evaluate the (EMA) policy on the main process; log ``eval/*``; keep the best checkpoint."""
+        if self.evaluator is not None:
+            ema = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+            with ema, torch.no_grad():
+                result, improved = self.evaluator(self.policy, step=self.step, checkpoint=checkpoint)
+            metrics = {f"eval/{k}/mean": v["mean"] for k, v in result.metrics.items() if v.get("mean") is not None}
+            self.logger.log(self.step, metrics)
+            if improved:
+                print(f"[genrl] step {self.step}: new best {self.evaluator.best.metric} = "
+                      f"{self.evaluator.best.best['value']:.4f} (kept in checkpoints/best)")
+        self.acc.wait_for_everyone()
+
     def _resume(self) -> tuple[Path | None, list[str]]:
         """Load the newest checkpoint that verifies; report (and skip) corrupted ones."""
         notes = []
@@ -392,9 +414,14 @@ class Trainer:
             self.logger.log(self.step, metrics)
             self.history.append({"step": self.step, **metrics})
             bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}", refresh=False)
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
-                self.save_checkpoint()
+            eval_due = bool(self.recipe.eval_schedule.every) and self.step % self.recipe.eval_schedule.every == 0
+            if self.step < tc.steps and (eval_due or (tc.checkpoint_every and self.step % tc.checkpoint_every == 0)):
+                path = self.save_checkpoint()
+                if eval_due:
+                    self._periodic_eval(path)
         final = self.save_checkpoint(final=True)
+        if self.recipe.eval_schedule.every and self.step == tc.steps:
+            self._periodic_eval(final)
         if until_step is not None and self.step < tc.steps:
             self.logger.close()
             return {"final_checkpoint": str(final) if final else None, "stopped_at": self.step}
