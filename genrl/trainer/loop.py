@@ -42,6 +42,7 @@ from genrl.trainer.manifest import (
     run_hash,
     save_manifest,
 )
+from genrl.trainer.preemption import PreemptionWatcher, requeue_slurm_job
 from genrl.trainer.producer import RolloutProducer
 from genrl.trainer.rollout import Rollout
 
@@ -332,6 +333,17 @@ class Trainer:
         torch.set_rng_state(ckpt.load_tensors(path / "rng.safetensors")["torch_cpu"])
         self.step = state["step"]
 
+    def _stop_for_preemption(self, watcher: PreemptionWatcher) -> dict:
+        """Save (atomically), note it in the manifest, requeue under SLURM, and return."""
+        note = f"preempted by {watcher.signal_name} after step {self.step}"
+        self.manifest["sessions"][-1].setdefault("notes", []).append(note)
+        path = self.save_checkpoint(final=True)
+        action = requeue_slurm_job() if self.is_main else None
+        if self.is_main:
+            print(f"[genrl] {note}; checkpoint {path.name if path else '?'} written" + (f"; {action}" if action else ""))
+        self.logger.close()
+        return {"final_checkpoint": str(path) if path else None, "stopped_at": self.step, "preempted": True}
+
     def _periodic_eval(self, checkpoint: Path | None) -> None:
         """Evaluate the (EMA) policy on the main process; log ``eval/*``; keep the best checkpoint."""
         if self.evaluator is not None:
@@ -406,6 +418,8 @@ class Trainer:
 
         bar = progress(range(self.step, tc.steps), desc="train", disable=not (lc.progress and self.is_main),
                        total=tc.steps - self.step)
+        watcher = PreemptionWatcher()
+        preempted = False
         for step in bar:
             if until_step is not None and step >= until_step:
                 break
@@ -419,6 +433,12 @@ class Trainer:
                 path = self.save_checkpoint()
                 if eval_due:
                     self._periodic_eval(path)
+            if self.step < tc.steps and watcher.agreed(self.acc):
+                preempted = True
+                break
+        watcher.restore()
+        if preempted:
+            return self._stop_for_preemption(watcher)
         final = self.save_checkpoint(final=True)
         if self.recipe.eval_schedule.every and self.step == tc.steps:
             self._periodic_eval(final)
