@@ -108,6 +108,28 @@ def _recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+    import subprocess
+
+    import torch
+
+    from genrl.launch import LaunchSpec, launch_command
+
+    if args.accelerate_config and not Path(args.accelerate_config).is_file():
+        raise FileNotFoundError(f"--accelerate-config: {args.accelerate_config} does not exist")
+    spec = LaunchSpec(recipe=args.recipe, overrides=list(args.overrides), nproc_per_node=args.num_processes,
+                      nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+                      accelerate_config=args.accelerate_config, use_gpu=torch.cuda.is_available() and not args.cpu,
+                      run_dir=args.run_dir)
+    cmd = launch_command(spec)
+    print("[genrl] " + shlex.join(cmd), flush=True)
+    if args.dry_run:
+        return 0
+    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+
+
 def _replay(args: argparse.Namespace) -> int:
     from genrl.replay import ReplayRefused, replay
 
@@ -197,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
     s.add_argument("--num-threads", type=int, default=1)
     s.set_defaults(func=_sample)
+
+    la = sub.add_parser("launch", help="start `genrl train` on this node under accelerate launch (GPU) or torchrun (CPU)")
+    la.add_argument("recipe")
+    la.add_argument("overrides", nargs="*")
+    la.add_argument("--accelerate-config", default=None, help="engine config (recipes/accelerate/*.yaml)")
+    la.add_argument("--num-processes", type=int, default=1, help="processes on this node")
+    la.add_argument("--nnodes", type=int, default=1)
+    la.add_argument("--rdzv-endpoint", default=None, help="head node host:port (multi-node c10d rendezvous)")
+    la.add_argument("--rdzv-id", default="genrl")
+    la.add_argument("--run-dir", default=None)
+    la.add_argument("--cpu", action="store_true", help="use torchrun on CPU even if GPUs are visible")
+    la.add_argument("--dry-run", action="store_true", help="print the command only")
+    la.set_defaults(func=_launch)
 
     rp = sub.add_parser("replay", help="re-execute a run from its manifest and check it step by step")
     rp.add_argument("run_dir")
