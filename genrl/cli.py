@@ -130,6 +130,40 @@ def _launch(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
+def _slurm(args: argparse.Namespace) -> int:
+    """``genrl slurm submit``: validate the recipe, render RUN_DIR/slurm/job.sbatch, sbatch it."""
+    from genrl.slurm import SlurmError, SlurmJob, submit, validate, write_script
+
+    try:
+        job = SlurmJob(recipe=str(Path(args.recipe).resolve()), run_dir="", overrides=list(args.overrides),
+                       nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                       processes_per_node=args.processes_per_node, cpus_per_task=args.cpus_per_task,
+                       partition=args.partition, time=args.time, job_name=args.job_name,
+                       accelerate_config=str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None,
+                       signal_seconds=args.signal_seconds, rdzv_port=args.rdzv_port,
+                       sbatch_args=list(args.sbatch_arg), template=args.template)
+        if not Path(args.recipe).is_file():
+            raise FileNotFoundError(f"recipe {args.recipe} does not exist")
+        if args.accelerate_config and not Path(args.accelerate_config).is_file():
+            raise FileNotFoundError(f"--accelerate-config: {args.accelerate_config} does not exist")
+        resolved = validate(args.recipe, job.overrides, world_size=job.world_size)
+        job.run_dir = str(Path(args.run_dir or resolved["run_dir"]).expanduser().resolve())
+        if args.dry_run:
+            script = write_script(job)
+            print(script.read_text(), end="")
+            print(f"[genrl] dry run: script written to {script} (not submitted)", file=sys.stderr)
+            return 0
+        job_id = submit(job)
+    except SlurmError as err:
+        print(f"genrl: slurm: {err}", file=sys.stderr)
+        return 2
+    print(f"[genrl] submitted SLURM job {job_id}: {job.world_size} processes on {job.nodes} node(s), "
+          f"script {job.script_path}")
+    print(f"[genrl] log: {job.log_path(job_id)} (appended across requeues); run directory: {job.run_dir}")
+    print(job_id)
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from genrl.replay import ReplayRefused, replay
 
@@ -232,6 +266,36 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--cpu", action="store_true", help="use torchrun on CPU even if GPUs are visible")
     la.add_argument("--dry-run", action="store_true", help="print the command only")
     la.set_defaults(func=_launch)
+
+    sl = sub.add_parser("slurm", help="submit a training run to SLURM (sbatch script from slurm/*.sbatch)")
+    sl_sub = sl.add_subparsers(dest="action", required=True)
+    ss = sl_sub.add_parser("submit", help="validate RECIPE, write RUN_DIR/slurm/job.sbatch and sbatch it",
+                           description="One SLURM task per node runs `genrl launch` (torchrun on CPU, accelerate "
+                                       "launch on GPUs); several nodes meet in a c10d rendezvous on the first node. "
+                                       "The job gets SIGUSR1 --signal-seconds before its time limit, checkpoints, "
+                                       "requeues itself and resumes. Logs: RUN_DIR/slurm/<jobid>.out.")
+    ss.add_argument("recipe")
+    ss.add_argument("overrides", nargs="*", help="key.path=value overrides of recipe fields")
+    ss.add_argument("--nodes", type=int, default=1)
+    ss.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (--gres=gpu:G when G > 0)")
+    ss.add_argument("--processes-per-node", "--tasks-per-node", dest="processes_per_node", type=int, default=None,
+                    help="training processes per node (default: the GPUs per node, or 1)")
+    ss.add_argument("--cpus-per-task", type=int, default=None,
+                    help="CPUs of the one task per node that runs all its processes (default: processes per node)")
+    ss.add_argument("--partition", default=None)
+    ss.add_argument("--time", default=None, help="time limit (sbatch --time, e.g. 04:00:00)")
+    ss.add_argument("--job-name", default=None, help="default: genrl-<recipe name>")
+    ss.add_argument("--run-dir", default=None, help="run directory (default: the recipe's run_dir)")
+    ss.add_argument("--accelerate-config", default=None, help="engine config for GPUs (recipes/accelerate/*.yaml)")
+    ss.add_argument("--signal-seconds", type=int, default=120,
+                    help="SIGUSR1 this many seconds before the time limit (checkpoint + requeue); default 120")
+    ss.add_argument("--rdzv-port", type=int, default=None,
+                    help="multi-node rendezvous port on the first node (default: 29500 + job id %% 1000)")
+    ss.add_argument("--sbatch-arg", action="append", default=[], metavar="OPTION",
+                    help="extra #SBATCH option, repeatable (e.g. --sbatch-arg=--account=NAME)")
+    ss.add_argument("--template", default=None, help="custom sbatch template (default: slurm/*_node.sbatch)")
+    ss.add_argument("--dry-run", action="store_true", help="write and print the script, do not submit")
+    ss.set_defaults(func=_slurm)
 
     rp = sub.add_parser("replay", help="re-execute a run from its manifest and check it step by step")
     rp.add_argument("run_dir")

@@ -54,25 +54,69 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 # ------------------------------------------------------------------ optimizer state
+def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
+    """Split any nested state (dicts, lists, tensors, numbers, strings) into tensors for safetensors
+    and a JSON skeleton that points at them. Works for torch optimizers and DeepSpeed's ZeRO optimizer
+    state alike, without pickle."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if torch.is_tensor(node):
+            tensors[path] = node.detach().cpu().contiguous()
+            return {"__tensor__": path}
+        if isinstance(node, dict):
+            keys = list(node)
+            if all(isinstance(k, str) for k in keys):
+                return {"__dict__": {k: walk(v, f"{path}.{k}") for k, v in node.items()}}
+            return {"__items__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.v{i}")] for i, (k, v) in enumerate(node.items())]}
+        if isinstance(node, (list, tuple)):
+            return {"__list__" if isinstance(node, list) else "__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(node)]}
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, torch.Size):
+            return {"__tuple__": list(node)}
+        if hasattr(node, "__dict__"):  # e.g. DeepSpeed's LossScaler: its attributes, never its class
+            return {"__object__": type(node).__name__, "attrs": walk(vars(node), f"{path}.attrs")}
+        raise TypeError(f"cannot store {type(node).__name__} at {path or '<root>'} without pickle")
+
+    return tensors, walk(obj, prefix or "s")
+
+
+def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any, template: Any = None) -> Any:
+    """Inverse of ``flatten_state``. Objects are not re-created from a checkpoint (that would mean
+    importing a class it names): their attributes are set on the live object at the same place in
+    ``template`` (the current state dict), which must be of the same type."""
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__dict__" in skeleton:
+            sub = template if isinstance(template, dict) else {}
+            return {k: unflatten_state(tensors, v, sub.get(k)) for k, v in skeleton["__dict__"].items()}
+        if "__items__" in skeleton:
+            return {unflatten_state(tensors, k): unflatten_state(tensors, v) for k, v in skeleton["__items__"]}
+        if "__list__" in skeleton or "__tuple__" in skeleton:
+            items = skeleton.get("__list__", skeleton.get("__tuple__"))
+            subs = list(template) if isinstance(template, (list, tuple)) and len(template) == len(items) else [None] * len(items)
+            out = [unflatten_state(tensors, v, t) for v, t in zip(items, subs)]
+            return out if "__list__" in skeleton else tuple(out)
+        if "__object__" in skeleton:
+            if template is None or type(template).__name__ != skeleton["__object__"]:
+                raise CheckpointError(f"checkpoint holds a {skeleton['__object__']} where the live state has "
+                                      f"{type(template).__name__}")
+            for k, v in unflatten_state(tensors, skeleton["attrs"], vars(template)).items():
+                setattr(template, k, v)
+            return template
+    return skeleton
+
+
 def optimizer_state_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into tensors (safetensors) and plain JSON."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, state in sd["state"].items():
-        for name, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{name}"] = value
-            else:
-                scalars[f"{pid}.{name}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    """An optimizer's state dict as (tensors for safetensors, JSON skeleton)."""
+    tensors, skeleton = flatten_state(opt.state_dict())
+    return tensors, {"skeleton": skeleton}
 
 
-def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], meta: dict, template: Any = None) -> dict:
+    return unflatten_state(tensors, meta["skeleton"], template)
 
 
 # ------------------------------------------------------------------ folders

@@ -86,7 +86,8 @@ class Trainer:
         if recipe.device == "cuda" and not torch.cuda.is_available():
             raise RecipeError(recipe_file, "device", "expected 'cpu' or 'auto': cuda was requested but no CUDA device is visible")
         check_references(self.resolved, recipe_file)  # every referenced recipe exists before anything is built
-        self.acc = Accelerator(cpu=use_cpu, mixed_precision=recipe.mixed_precision)
+        # cpu=True only when asked for: it would also switch off an engine (DeepSpeed) set up by the launcher.
+        self.acc = Accelerator(cpu=recipe.device == "cpu", mixed_precision=recipe.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
         tc = recipe.trainer
@@ -129,6 +130,12 @@ class Trainer:
         updates_per_step = tc.inner_epochs * (tc.prompts_per_step * tc.group_size // tc.minibatch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps * updates_per_step))
+        self.deepspeed = self.acc.state.deepspeed_plugin is not None
+        if self.deepspeed:  # genrl owns accumulation and clipping; tell the engine the sizes it asks for
+            ds = self.acc.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = tc.micro_batch_size
+            ds["gradient_accumulation_steps"] = 1  # boundaries are set per micro-batch in _update
+            ds["gradient_clipping"] = tc.max_grad_norm
         self.policy.engine_model, self.optimizer = self.acc.prepare(self.policy.trainable_module(), self.optimizer)
         self.ema = EMA(self.policy.trainable_parameters(), tc.ema_decay) if tc.ema_decay else None
         self.producer = RolloutProducer(self.policy, self.explorer, self.prompts, seed=self.seed,
@@ -150,6 +157,14 @@ class Trainer:
                                skip_grad_norm=tc.skip_grad_norm, planned_updates=tc.steps * updates_per_step)
         self.step = 0
         self.history: list[dict] = []
+
+    @property
+    def engine_name(self) -> str:
+        """DDP / DEEPSPEED / FSDP / NO (one process), as Accelerate set it up from the launcher."""
+        kind = str(getattr(self.acc.distributed_type, "value", self.acc.distributed_type))
+        if kind == "DEEPSPEED":
+            kind += f" ZeRO-{self.acc.state.deepspeed_plugin.zero_stage}"
+        return kind
 
     def inputs(self) -> dict[str, Path | None]:
         """Everything this run reads, for the manifest's content hashes (and replay's refusal)."""
@@ -233,15 +248,19 @@ class Trainer:
                     sync = i == len(micros) - 1
                     with (contextlib.nullcontext() if sync else self.acc.no_sync(model)), self._autocast():
                         out = self.objective(self.policy, micro)
+                    if self.deepspeed:  # the engine reduces and steps only at the minibatch's last micro-batch
+                        self.acc.gradient_state._set_sync_gradients(sync)
                     self.acc.backward(out.loss * (len(idx) / len(local)))
                     for k, v in out.metrics.items():
                         sums[k] += v * len(idx)
                     for t, rt in out.step_ratios.items():
                         ratios[t].append(rt)
                     count += len(idx)
-                norm = float(self.acc.clip_grad_norm_(list(self.policy.trainable_parameters().values()),
-                                                      tc.max_grad_norm))
-                skip = self.faults.bad_update(norm)  # the norm is global (after all-reduce): ranks agree
+                norm = self.acc.clip_grad_norm_(list(self.policy.trainable_parameters().values()), tc.max_grad_norm)
+                norm = float("nan") if norm is None else float(norm)
+                # The norm is global (after all-reduce), so ranks agree. Under DeepSpeed the engine has
+                # already stepped (it skips overflowing fp16 steps itself): nothing left to skip here.
+                skip = self.faults.bad_update(norm) and not self.deepspeed
                 self.faults.record_update(skip, grad_norm=norm, batch=batch.select(local) if skip else None,
                                           tag=f"step{step:06d}_epoch{epoch}_mb{j}", rank=self.rank)
                 if not skip:
@@ -287,8 +306,10 @@ class Trainer:
             files = {"policy.safetensors": self.policy.trainable_state_dict(), **self.policy.frozen_checkpoint_files()}
             if self.ema is not None:
                 files["ema.safetensors"] = self.ema.state_dict()
-            opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self._raw_optimizer)
-            files["optimizer.safetensors"] = opt_tensors
+            opt_meta = None
+            if not (self.deepspeed and self.world > 1):  # ZeRO partitions live on every rank: see docs
+                opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self._raw_optimizer)
+                files["optimizer.safetensors"] = opt_tensors
             files["rng.safetensors"] = {"torch_cpu": torch.get_rng_state()}
             state = {"step": self.step, "data_position": self.step, "optimizer": opt_meta,
                      "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
@@ -324,8 +345,13 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.load_tensors(path / "ema.safetensors"))
         state = ckpt.read_json(path / "trainer_state.json")
-        self._raw_optimizer.load_state_dict(
-            ckpt.optimizer_state_from_flat(ckpt.load_tensors(path / "optimizer.safetensors"), state["optimizer"]))
+        if state["optimizer"] is None:
+            print(f"[genrl] {path.name} has no optimizer state (multi-process DeepSpeed); Adam moments restart")
+        else:
+            opt_state = ckpt.optimizer_state_from_flat(ckpt.load_tensors(path / "optimizer.safetensors"),
+                                                       state["optimizer"], self._raw_optimizer.state_dict())
+            # DeepSpeed's ZeRO optimizer loads a list with one state per data-parallel rank.
+            self._raw_optimizer.load_state_dict([opt_state] if self.deepspeed else opt_state)
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
         self.advantage.load_state_dict(state["advantage"])
         self.rewards.invalid_count, self.rewards.total_count = state["rewards"]["invalid"], state["rewards"]["total"]
@@ -384,6 +410,7 @@ class Trainer:
                                  f"(hash {run_hash(self.resolved)} vs {self.manifest.get('recipe_hash')})")
         else:
             self.manifest = new_manifest(
+                engine=self.engine_name,
                 recipe_file=self.recipe_file, resolved=self.resolved, seed=self.seed, world_size=self.world,
                 base_checkpoint=str(self.base_dir) if self.base_dir else None, inputs=self.inputs(),
                 determinism=determinism_statement(

@@ -94,7 +94,7 @@ def determinism_statement(*, deterministic: bool, device: str, world_size: int, 
             "same_setup_bitwise": deterministic and not remote_rewards, "caveats": caveats}
 
 
-def new_manifest(*, recipe_file: str, resolved: dict, seed: int, world_size: int, base_checkpoint: str | None,
+def new_manifest(*, engine: str, recipe_file: str, resolved: dict, seed: int, world_size: int, base_checkpoint: str | None,
                  inputs: dict[str, Path | None], determinism: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -112,7 +112,7 @@ def new_manifest(*, recipe_file: str, resolved: dict, seed: int, world_size: int
         "platform": platform.platform(),
         "packages": package_versions(),
         "hardware": {"device": "cuda" if torch.cuda.is_available() else "cpu",
-                     "cuda_devices": torch.cuda.device_count(), "world_size": world_size},
+                     "cuda_devices": torch.cuda.device_count(), "world_size": world_size, "engine": engine},
         "slurm": slurm_fields(),
         "determinism": determinism,
         "recipe": resolved,
