@@ -91,10 +91,15 @@ class SlurmCluster:
         self.host = socket.gethostname().split(".")[0]
         self.cpus = os.cpu_count() or 1
         self.conf = self.root / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._procs: list[subprocess.Popen] = []
         self._munged: subprocess.Popen | None = None
         self._logs: list = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The current environment with ``SLURM_CONF`` pointing at this cluster (read at each call, so
+        a test's own settings such as ``GENRL_CACHE`` reach the jobs: sbatch exports them)."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     # ------------------------------------------------------------------ set-up
     def start(self, timeout: float = 60.0) -> SlurmCluster:
@@ -173,6 +178,7 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SwitchType=switch/none
 MpiDefault=none
+MailProg=/bin/true
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none

@@ -39,7 +39,7 @@ import torch
 from genrl.trainer.checkpoint import latest_checkpoint, load_tensors
 from tests.helpers import SMOKE
 
-OVERRIDES = ["trainer.steps=2", "device=cpu"]
+OVERRIDES = ["trainer.steps=2"]
 RDZV_PORT = 29400  # free for sure: node A's namespace is new
 TIMEOUT_S = 300
 
@@ -167,8 +167,8 @@ def _run_nodes(nodes: tuple[Node, Node], run_dir: Path, work: Path, cache: Path)
                 proc.wait()
     failed = timed_out or any(proc.returncode != 0 for _, proc, _, _ in procs)
     if failed:
-        report = [f"multi-node run {'timed out after %d s' % TIMEOUT_S if timed_out else 'failed'}: "
-                  f"ip netns exec NS {' '.join(argv)}"]
+        what = f"timed out after {TIMEOUT_S} s" if timed_out else "failed"
+        report = [f"multi-node run {what}: ip netns exec NS {' '.join(argv)}"]
         for node, proc, out, err in procs:
             report.append(f"----- node {node.ns} ({node.addr} on {node.ifname}), exit {proc.returncode}\n"
                           f"stdout:\n{_tail(out, 1500)}\nstderr:\n{_tail(err)}")

@@ -131,6 +131,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps * updates_per_step))
         self.deepspeed = self.acc.state.deepspeed_plugin is not None
+        self.zero3 = self.deepspeed and self.acc.state.deepspeed_plugin.zero_stage == 3
+        if self.zero3 and tc.ema_decay:
+            raise RecipeError(recipe_file, "trainer.ema_decay",
+                              "expected null under DeepSpeed ZeRO-3 (EMA of sharded parameters is not supported yet)")
         if self.deepspeed:  # genrl owns accumulation and clipping; tell the engine the sizes it asks for
             ds = self.acc.state.deepspeed_plugin.deepspeed_config
             ds["train_micro_batch_size_per_gpu"] = tc.micro_batch_size
@@ -302,8 +306,10 @@ class Trainer:
         """Write a checkpoint (main process). A failed write (disk full, I/O error) keeps the previous
         checkpoint valid; it is counted and the run goes on, except for the final checkpoint."""
         path = None
+        with self._gathered():  # collective under ZeRO-3: every rank enters it
+            weights = self.policy.trainable_state_dict() if self.is_main else None
         if self.is_main:
-            files = {"policy.safetensors": self.policy.trainable_state_dict(), **self.policy.frozen_checkpoint_files()}
+            files = {"policy.safetensors": weights, **self.policy.frozen_checkpoint_files()}
             if self.ema is not None:
                 files["ema.safetensors"] = self.ema.state_dict()
             opt_meta = None
@@ -332,6 +338,15 @@ class Trainer:
         self.acc.wait_for_everyone()
         return path
 
+    def _gathered(self, modify: bool = False):
+        """Full parameters for reading/writing them outside forward (ZeRO-3 shards them)."""
+        if not self.zero3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.policy.trainable_parameters().values()),
+                                                 modifier_rank=0 if modify else None)
+
     @property
     def _raw_optimizer(self) -> torch.optim.Optimizer:
         return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
@@ -341,7 +356,8 @@ class Trainer:
         meta = ckpt.read_json(path / "checkpoint.json")
         if meta.get("policy") != self.recipe.policy.name:
             raise ValueError(f"{path}: holds a {meta.get('policy')!r} policy, the recipe trains {self.recipe.policy.name!r}")
-        self.policy.load_trainable_state_dict(ckpt.load_tensors(path / "policy.safetensors"))
+        with self._gathered(modify=True):
+            self.policy.load_trainable_state_dict(ckpt.load_tensors(path / "policy.safetensors"))
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.load_tensors(path / "ema.safetensors"))
         state = ckpt.read_json(path / "trainer_state.json")
