@@ -115,7 +115,7 @@ def _launch(args: argparse.Namespace) -> int:
 
     import torch
 
-    from genrl.launch import LaunchSpec, launch_command
+    from genrl.launch import LaunchSpec, launch_command, node_environment
 
     if args.accelerate_config and not Path(args.accelerate_config).is_file():
         raise FileNotFoundError(f"--accelerate-config: {args.accelerate_config} does not exist")
@@ -127,7 +127,9 @@ def _launch(args: argparse.Namespace) -> int:
     print("[genrl] " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    env = {**node_environment(spec), **os.environ}  # a GLOO_SOCKET_IFNAME set by the user wins
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.call(cmd, env=env)
 
 
 def _slurm(args: argparse.Namespace) -> int:

@@ -6,11 +6,15 @@
   gloo backend.
 
 Multi-node: every node runs the same command; node ranks are assigned by the c10d rendezvous at
-``rdzv_endpoint`` (the head node), so no per-node rank has to be computed by the caller.
+``rdzv_endpoint`` (the head node), so no per-node rank has to be computed by the caller. Each node
+works out for itself, from the endpoint, (a) whether it hosts the rendezvous store (torchrun's own
+guess compares hostnames, which fails when hostnames resolve to loopback), (b) the address it
+advertises (rank 0's becomes MASTER_ADDR) and (c) the network interface gloo binds to.
 """
 
 from __future__ import annotations
 
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +40,43 @@ class LaunchSpec:
         return args
 
 
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` is an address of this machine (binding to it succeeds)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((socket.gethostbyname(host), 0))
+        return True
+    except OSError:
+        return False
+
+
+def route_address(host: str, port: int) -> str:
+    """The local address this machine uses to reach ``host`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((socket.gethostbyname(host), port))
+        return s.getsockname()[0]
+
+
+def interface_of(address: str) -> str | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == address for a in addrs):
+            return name
+    return None
+
+
+def node_environment(spec: LaunchSpec) -> dict[str, str]:
+    """Environment for a multi-node node: gloo's interface, the one that reaches the head node."""
+    if spec.nnodes <= 1:
+        return {}
+    host, port = spec.rdzv_endpoint.rsplit(":", 1)
+    iface = interface_of(route_address(host, int(port)))
+    return {"GLOO_SOCKET_IFNAME": iface, "TP_SOCKET_IFNAME": iface} if iface else {}
+
+
 def launch_command(spec: LaunchSpec) -> list[str]:
     """The argv that starts ``genrl train`` under the right launcher on this node."""
     if spec.nnodes > 1 and not spec.rdzv_endpoint:
@@ -50,7 +91,10 @@ def launch_command(spec: LaunchSpec) -> list[str]:
     cmd = [spec.python, "-m", "torch.distributed.run", "--nproc_per_node", str(spec.nproc_per_node),
            "--nnodes", str(spec.nnodes)]
     if spec.nnodes > 1:
-        cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", spec.rdzv_endpoint, "--rdzv_id", spec.rdzv_id]
+        host, port = spec.rdzv_endpoint.rsplit(":", 1)
+        cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", spec.rdzv_endpoint, "--rdzv_id", spec.rdzv_id,
+                "--rdzv_conf", f"is_host={int(is_local_address(host))}",
+                "--local_addr", route_address(host, int(port))]
     else:
         cmd += ["--standalone"]
     return [*cmd, "-m", "genrl.cli", *spec.train_args()]

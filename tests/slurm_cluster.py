@@ -1,8 +1,9 @@
 """A real single-node SLURM cluster for the tests (Debian's ``slurm-wlm`` + ``munge``).
 
-``SlurmCluster.start()`` installs the packages when they are missing (root + apt), starts ``munged``
-(as the munge user) unless one already answers, writes a ``slurm.conf`` into a temporary folder
-(private ports, state, spool, logs and pid files there; one node = this machine, one default
+``SlurmCluster.start()`` installs the packages when they are missing (root + apt), creates the munge
+key if there is none (``/etc/munge/munge.key``, owner munge, mode 400), starts a private ``munged``
+(as the munge user, with its own socket), writes a ``slurm.conf`` into a temporary folder (private
+ports, state, spool, logs and pid files there; one node = this machine, one default
 partition), starts ``slurmctld`` and ``slurmd`` in the foreground as children of the test process
 and waits until ``sinfo`` shows the node idle. ``stop()`` cancels the jobs left and ends exactly
 the processes it started. Every client call (``sbatch``, ``squeue``, ``scontrol``) must run with
@@ -20,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,10 +66,11 @@ def ensure_installed() -> None:
         raise SlurmUnavailable(f"installed {' '.join(PACKAGES)} but still missing: {', '.join(missing)}")
 
 
-def _munge_works() -> bool:
+def _munge_works(socket_path: Path) -> bool:
     try:
-        enc = _run(["munge", "-n"], timeout=10)
-        return enc.returncode == 0 and _run(["unmunge"], input=enc.stdout, timeout=10).returncode == 0
+        enc = _run(["munge", "-n", f"--socket={socket_path}"], timeout=10)
+        return enc.returncode == 0 and _run(["unmunge", f"--socket={socket_path}"], input=enc.stdout,
+                                            timeout=10).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -93,6 +96,8 @@ class SlurmCluster:
         self.conf = self.root / "slurm.conf"
         self._procs: list[subprocess.Popen] = []
         self._munged: subprocess.Popen | None = None
+        self.munge_dir: Path | None = None
+        self.munge_socket: Path | None = None
         self._logs: list = []
 
     @property
@@ -129,31 +134,42 @@ class SlurmCluster:
         raise RuntimeError(f"the test SLURM did not come up (node state {state!r}):\n{logs}")
 
     def _start_munge(self) -> None:
-        if _munge_works():
-            return  # a munged is already running (the system's, or another test session's): share it
+        """A private ``munged`` (own socket, pid, log and seed files) run as the munge user with the
+        shared key: concurrent test sessions and a system munged are left alone."""
         MUNGE_KEY.parent.mkdir(parents=True, exist_ok=True)
         if not MUNGE_KEY.is_file() or MUNGE_KEY.stat().st_size < 32:
             MUNGE_KEY.write_bytes(os.urandom(1024))
-        for d in (MUNGE_KEY.parent, Path("/run/munge"), Path("/var/lib/munge"), Path("/var/log/munge")):
-            d.mkdir(parents=True, exist_ok=True)
-            shutil.chown(d, "munge", "munge")
+        shutil.chown(MUNGE_KEY.parent, "munge", "munge")
+        MUNGE_KEY.parent.chmod(0o700)
         shutil.chown(MUNGE_KEY, "munge", "munge")
         MUNGE_KEY.chmod(0o400)
-        runas = ["runuser", "-u", "munge", "--"] if shutil.which("runuser") else ["su", "-s", "/bin/sh", "munge", "-c"]
-        # --foreground: the test owns the process and ends it by its id
-        cmd = [*runas, _binary("munged"), "--foreground"]
-        if runas[0] == "su":
-            cmd = [*runas, f"{_binary('munged')} --foreground"]
-        log = open(self.root / "munged.stdout", "w")  # noqa: SIM115
+        # munged refuses a socket directory others can write to, and the munge user cannot enter
+        # pytest's root-only temporary folders: a folder of its own under /tmp (sticky bit)
+        self.munge_dir = Path(tempfile.mkdtemp(prefix="genrl-munge-"))
+        shutil.chown(self.munge_dir, "munge", "munge")
+        self.munge_dir.chmod(0o755)
+        self.munge_socket = self.munge_dir / "munge.socket"
+        d = self.munge_dir
+        args = [_binary("munged"), "--foreground", f"--socket={self.munge_socket}", f"--key-file={MUNGE_KEY}",
+                f"--pid-file={d / 'munged.pid'}", f"--log-file={d / 'munged.log'}", f"--seed-file={d / 'munged.seed'}"]
+        if shutil.which("runuser"):
+            cmd = ["runuser", "-u", "munge", "--", *args]
+        else:
+            cmd = ["su", "-s", "/bin/sh", "munge", "-c", " ".join(args)]
+        log = open(self.root / "munged.stdout", "w")  # noqa: SIM115 (closed in stop())
         self._logs.append(log)
         self._munged = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         for _ in range(100):
-            if _munge_works():
+            if _munge_works(self.munge_socket):
                 return
             if self._munged.poll() is not None:
                 break
             time.sleep(0.1)
-        raise RuntimeError(f"munged did not start: {(self.root / 'munged.stdout').read_text()[-1500:]}")
+        log.flush()
+        logs = (self.root / "munged.stdout").read_text()[-1500:]
+        if (d / "munged.log").is_file():
+            logs += (d / "munged.log").read_text()[-1500:]
+        raise RuntimeError(f"munged did not start: {logs}")
 
     def _write_conf(self) -> None:
         for d in ("state", "spool"):
@@ -170,7 +186,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 # a requeued job waits cred_expire seconds before it may start again (default 120)
-AuthInfo=cred_expire=5
+AuthInfo=socket={self.munge_socket},cred_expire=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -255,3 +271,6 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         for log in self._logs:
             log.close()
         self._logs = []
+        if self.munge_dir is not None:
+            shutil.rmtree(self.munge_dir, ignore_errors=True)
+            self.munge_dir = None

@@ -8,17 +8,10 @@ single-node 2-process run of the same recipe.
 
 Needs root (``ip netns``) and iproute2; skipped, saying why, elsewhere.
 
-What each node is told besides the launch command (torchrun reads ``PET_*`` variables as its
-options), so that nothing depends on hostname resolution — both namespaces share this machine's
-hostname, which resolves to 127.0.0.1:
-
-* ``GLOO_SOCKET_IFNAME`` (and ``TP_SOCKET_IFNAME``): gloo binds to the node's veth interface;
-  otherwise it advertises the address of the hostname (loopback) and the full mesh cannot connect;
-* ``PET_LOCAL_ADDR``: the address the node advertises; rank 0's becomes ``MASTER_ADDR`` of the
-  workers' store (otherwise ``socket.getfqdn()``, here "localhost");
-* ``PET_RDZV_CONF=is_host=1|0``: which node hosts the c10d rendezvous store. torchrun guesses it by
-  comparing the endpoint with the addresses of the hostname, which misses an IP on another
-  interface, and then neither node hosts it.
+Nothing but the launch command and the usual environment is given to a node: both namespaces share
+this machine's hostname (which resolves to loopback), so ``genrl launch`` itself must work out which
+node hosts the rendezvous store, which address each node advertises and which interface gloo binds
+to (``genrl/launch.py``).
 """
 
 from __future__ import annotations
@@ -132,8 +125,7 @@ def _base_env(cache: Path) -> dict[str, str]:
 
 
 def _node_env(node: Node, *, head: bool, cache: Path) -> dict[str, str]:
-    return {**_base_env(cache), "GLOO_SOCKET_IFNAME": node.ifname, "TP_SOCKET_IFNAME": node.ifname,
-            "PET_LOCAL_ADDR": node.addr, "PET_RDZV_CONF": f"is_host={int(head)}"}
+    return _base_env(cache)  # no PET_* / GLOO_SOCKET_IFNAME hints: `genrl launch` finds them itself
 
 
 def _tail(path: Path, n: int = 4000) -> str:

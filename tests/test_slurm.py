@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -60,7 +61,8 @@ def _submit(slurm: SlurmCluster, recipe: Path, run: Path, *args: str) -> str:
 def _finished(slurm: SlurmCluster, job: str, run: Path, timeout: float) -> tuple[dict, str]:
     info = slurm.wait_for(job, timeout=timeout)
     log = (run / "slurm" / f"{job}.out").read_text(errors="replace")
-    assert info["JobState"] == "COMPLETED", f"{info}\n--- job log\n{log[-4000:]}"
+    brief = {k: info.get(k) for k in ("JobState", "Reason", "ExitCode", "Restarts", "RunTime")}
+    assert info["JobState"] == "COMPLETED", f"job {job}: {brief}\n--- job log\n{log[-4000:]}"
     return info, log
 
 
@@ -200,8 +202,11 @@ def test_the_multi_node_script_runs_two_launchers_through_slurm(slurm, tmp_path)
     """The rendered multi-node script on the real SLURM, its allocation bent to two tasks on this one
     node (one node here): two `genrl launch` agents meet in the c10d rendezvous and train together."""
     run = tmp_path / "run"
-    _render(tmp_path, "--nodes", "2", "--processes-per-node", "1", "--cpus-per-task", "1", "trainer.steps=2",
-            "logging.tensorboard=false")
+    with socket.socket() as s:  # a free port: other test sessions may run the same job ids
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    _render(tmp_path, "--nodes", "2", "--processes-per-node", "1", "--cpus-per-task", "1", "--rdzv-port", str(port),
+            "trainer.steps=2", "logging.tensorboard=false")
     script = (run / "slurm" / "job.sbatch").read_text()
     bent = script
     for old, new in (("#SBATCH --nodes=2", "#SBATCH --nodes=1"),
@@ -215,6 +220,6 @@ def test_the_multi_node_script_runs_two_launchers_through_slurm(slurm, tmp_path)
                           capture_output=True, text=True, timeout=60, check=True)
     job = proc.stdout.strip().split(";")[0]
     _, log = _finished(slurm, job, run, timeout=300)
-    assert log.count("--rdzv_backend c10d") == 2 and f"--rdzv_id {job}" in log
+    assert log.count(f"--rdzv_backend c10d --rdzv_endpoint {slurm.host}:{port} --rdzv_id {job}") == 2, log[-3000:]
     assert latest_checkpoint(run).name == "step_00000002"
     _assert_two_processes(run, log)

@@ -86,8 +86,10 @@ class Trainer:
         if recipe.device == "cuda" and not torch.cuda.is_available():
             raise RecipeError(recipe_file, "device", "expected 'cpu' or 'auto': cuda was requested but no CUDA device is visible")
         check_references(self.resolved, recipe_file)  # every referenced recipe exists before anything is built
-        # cpu=True only when asked for: it would also switch off an engine (DeepSpeed) set up by the launcher.
-        self.acc = Accelerator(cpu=recipe.device == "cpu", mixed_precision=recipe.mixed_precision)
+        # On CPU, cpu=True gives gloo DDP under torchrun; but it would also switch off a DeepSpeed engine
+        # that `accelerate launch` set up, so then Accelerate picks the (CPU) device itself.
+        deepspeed_launch = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        self.acc = Accelerator(cpu=use_cpu and not deepspeed_launch, mixed_precision=recipe.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
         tc = recipe.trainer
