@@ -382,10 +382,12 @@ class Trainer:
         note = f"preempted by {watcher.signal_name} after step {self.step}"
         self.manifest["sessions"][-1].setdefault("notes", []).append(note)
         path = self.save_checkpoint(final=True)
-        action = requeue_slurm_job() if self.is_main else None
+        self.logger.close()  # flushed before the requeue: SLURM cancels the job (SIGTERM) right away
         if self.is_main:
-            print(f"[genrl] {note}; checkpoint {path.name if path else '?'} written" + (f"; {action}" if action else ""))
-        self.logger.close()
+            print(f"[genrl] {note}; checkpoint {path.name if path else '?'} written", flush=True)
+            action = requeue_slurm_job()
+            if action:
+                print(f"[genrl] {action}", flush=True)
         return {"final_checkpoint": str(path) if path else None, "stopped_at": self.step, "preempted": True}
 
     def _periodic_eval(self, checkpoint: Path | None) -> None:
