@@ -106,7 +106,7 @@ def test_usr1_checkpoints_requeues_resumes_and_ends_like_an_uninterrupted_run(sl
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm.env, check=True, timeout=30)
     info, log = _finished(slurm, job, run, timeout=400)
     assert info["Restarts"] == "1", info
-    assert f"requeued SLURM job {job}" in log and f"[genrl-slurm] job {job} restart 1" in log
+    assert f"requeueing SLURM job {job}" in log and f"[genrl-slurm] job {job} restart 1" in log
 
     sessions = _manifest(run)["sessions"]
     assert len(sessions) == 2, sessions

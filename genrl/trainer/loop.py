@@ -385,9 +385,9 @@ class Trainer:
         self.logger.close()  # flushed before the requeue: SLURM cancels the job (SIGTERM) right away
         if self.is_main:
             print(f"[genrl] {note}; checkpoint {path.name if path else '?'} written", flush=True)
-            action = requeue_slurm_job()
-            if action:
-                print(f"[genrl] {action}", flush=True)
+            failure = requeue_slurm_job()
+            if failure:
+                print(f"[genrl] {failure}", flush=True)
         return {"final_checkpoint": str(path) if path else None, "stopped_at": self.step, "preempted": True}
 
     def _periodic_eval(self, checkpoint: Path | None) -> None:

@@ -48,12 +48,17 @@ class PreemptionWatcher:
 
 
 def requeue_slurm_job() -> str | None:
-    """Requeue the current SLURM batch job; returns what was done (None outside SLURM)."""
+    """Requeue the current SLURM batch job; returns what went wrong, if anything (None outside SLURM).
+
+    SLURM cancels the running job as soon as it is requeued (SIGTERM to every process), so what is
+    to be logged must be logged before: the announcement is printed first.
+    """
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return None
+    print(f"[genrl] requeueing SLURM job {job} (scontrol requeue); it resumes from the checkpoint", flush=True)
     try:
         subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"scontrol requeue {job} failed: {exc}"
-    return f"requeued SLURM job {job}"
+    return None
