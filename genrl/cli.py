@@ -28,17 +28,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from genrl.config.load import load_recipe, load_yaml
     from genrl.config.validate import RecipeError
+    from genrl.pretrain import JOB_KINDS, pretrain_job
 
     torch.set_num_threads(args.num_threads)
     kind = load_yaml(args.recipe).get("kind")
-    if kind == "flow_image":
-        from genrl.pretrain.flow_image import FlowPretrainRecipe as schema
-        from genrl.pretrain.flow_image import build_flow_base as build
-    elif kind == "digit_classifier":
-        from genrl.pretrain.classifier import ClassifierRecipe as schema
-        from genrl.pretrain.classifier import build_classifier as build
-    else:
-        raise RecipeError(str(args.recipe), "kind", f"expected one of ['digit_classifier', 'flow_image'], got {kind!r}")
+    job = pretrain_job(kind)
+    if job is None:
+        raise RecipeError(str(args.recipe), "kind", f"expected one of {list(JOB_KINDS)}, got {kind!r}")
+    schema, build = job
     if args.out is None and not args.overrides:
         from genrl.cache import cached_artifact
 
@@ -76,20 +73,11 @@ def _sample(args: argparse.Namespace) -> int:
 def _schema_for(path: str):
     """Training recipes have a ``policy``; pretraining/reward-model recipes name their ``kind``."""
     from genrl.config.load import load_yaml
-
-    data = load_yaml(path)
-    kind = data.get("kind")
-    if kind == "flow_image":
-        from genrl.pretrain.flow_image import FlowPretrainRecipe
-
-        return FlowPretrainRecipe
-    if kind == "digit_classifier":
-        from genrl.pretrain.classifier import ClassifierRecipe
-
-        return ClassifierRecipe
+    from genrl.pretrain import pretrain_job
     from genrl.recipe import TrainRecipe
 
-    return TrainRecipe
+    job = pretrain_job(load_yaml(path).get("kind"))
+    return job[0] if job else TrainRecipe
 
 
 def _recipe(args: argparse.Namespace) -> int:

@@ -1,1 +1,21 @@
 """Pretraining jobs that make the small base models and reward models the project's recipes use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+JOB_KINDS = ("digit_classifier", "flow_image")
+
+
+def pretrain_job(kind: object) -> tuple[type, Callable[[object, Path], None]] | None:
+    """(recipe schema, builder) of the pretraining job named by a recipe's ``kind``; None if unknown."""
+    if kind == "flow_image":
+        from genrl.pretrain.flow_image import FlowPretrainRecipe, build_flow_base
+
+        return FlowPretrainRecipe, build_flow_base
+    if kind == "digit_classifier":
+        from genrl.pretrain.classifier import ClassifierRecipe, build_classifier
+
+        return ClassifierRecipe, build_classifier
+    return None
