@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, reset_accelerate
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -18,11 +18,7 @@ torch.set_num_threads(1)
 def _fresh_accelerate_state():
     """Accelerate keeps a process-wide singleton; each test builds its own Accelerator."""
     yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate()
 
 
 @pytest.fixture(autouse=True)

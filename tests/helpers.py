@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from genrl.config.load import load_recipe
@@ -23,3 +26,22 @@ def make_trainer(run_dir: Path, *overrides: str):
     from genrl.trainer.loop import Trainer
 
     return Trainer(smoke_recipe(*overrides), recipe_file=str(SMOKE), run_dir=str(run_dir))
+
+
+def reset_accelerate() -> None:
+    """Accelerate keeps a process-wide singleton; a second Trainer in one test needs it cleared."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def run_genrl(*args, cwd, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m genrl.cli ARGS`` in a subprocess (1 torch thread); asserts success unless check=False."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "genrl.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc

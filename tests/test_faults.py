@@ -14,15 +14,7 @@ import torch
 from genrl.registry import OBJECTIVES, REWARDS
 from genrl.rewards.image import RewardConfig
 from genrl.trainer import checkpoint as ckpt
-from tests.helpers import make_trainer
-
-
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+from tests.helpers import make_trainer, reset_accelerate
 
 
 def _lines(run_dir):
@@ -127,14 +119,14 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_goes_on(tmp_pa
 
 def test_a_corrupted_checkpoint_on_resume_falls_back_and_ends_identical(tmp_path):
     make_trainer(tmp_path / "full").train()
-    _reset_accelerate()
+    reset_accelerate()
     part = tmp_path / "part"
     make_trainer(part).train(until_step=2)
     bad = part / "checkpoints" / "step_00000002" / "policy.safetensors"
     data = bytearray(bad.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit
     bad.write_bytes(bytes(data))
-    _reset_accelerate()
+    reset_accelerate()
     trainer = make_trainer(part)
     trainer.train()
     notes = json.loads((part / "manifest.json").read_text())["sessions"][-1]["notes"]

@@ -13,16 +13,7 @@ import torch
 from genrl.registry import REWARDS
 from genrl.rewards.image import RewardConfig
 from genrl.trainer.checkpoint import latest_checkpoint, list_checkpoints, load_tensors
-from tests.helpers import SMOKE, make_trainer
-
-
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
+from tests.helpers import SMOKE, make_trainer, reset_accelerate
 
 if "test_signal_at_call_2" not in REWARDS:
 
@@ -52,12 +43,12 @@ def test_a_warning_signal_finishes_the_step_saves_and_the_resumed_run_ends_ident
     recipe = ("rewards=[{name: test_signal_at_call_2}]", "trainer.steps=4", "trainer.checkpoint_every=0")
     full = tmp_path / "full"
     make_trainer(full, "rewards=[{name: stroke_crispness}]", *recipe[1:]).train()
-    _reset_accelerate()
+    reset_accelerate()
     part = tmp_path / "part"
     out = make_trainer(part, *recipe).train()
     assert out["preempted"] and out["stopped_at"] == 2  # the signalled step was finished, then saved
     assert [p.name for p in list_checkpoints(part)] == ["step_00000002"]
-    _reset_accelerate()
+    reset_accelerate()
     make_trainer(part, *recipe).train()  # the requeued job: resumes automatically (no 2nd signal: calls restart)
     a, b = _weights(full), _weights(part)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -10,16 +10,9 @@ import sys
 import pytest
 
 from genrl.replay import validate_manifest
-from tests.helpers import ROOT, SMOKE
+from tests.helpers import ROOT, SMOKE, run_genrl
 
-
-def genrl(*args, cwd, check=True, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "genrl.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+genrl = run_genrl
 
 
 def torchrun(*args, cwd):

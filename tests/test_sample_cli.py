@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, SMOKE
+from tests.helpers import ROOT, SMOKE, run_genrl
 
-
-def genrl(*args, cwd, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "genrl.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+genrl = run_genrl
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import shutil
 import torch
 
 from genrl.trainer.checkpoint import latest_checkpoint, list_checkpoints, load_tensors
-from tests.helpers import make_trainer
+from tests.helpers import make_trainer, reset_accelerate
 
 
 def _metrics(run_dir):
@@ -38,9 +38,7 @@ def test_interrupted_and_resumed_run_ends_with_exactly_the_same_weights(tmp_path
     part = tmp_path / "part"
     out = make_trainer(part, "trainer.checkpoint_every=0").train(until_step=1)
     assert out["stopped_at"] == 1 and latest_checkpoint(part).name == "step_00000001"
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True), GradientState._reset_state(), PartialState._reset_state()
+    reset_accelerate()
     make_trainer(part, "trainer.checkpoint_every=0").train()  # resumes automatically
     for name in ("policy.safetensors", "ema.safetensors", "optimizer.safetensors"):
         a = load_tensors(latest_checkpoint(full) / name)
@@ -86,9 +84,7 @@ def test_run_directory_records_provenance_and_metrics(tmp_path):
 
 def test_resuming_with_a_changed_recipe_is_refused(tmp_path):
     make_trainer(tmp_path, "trainer.steps=2").train(until_step=1)
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True), GradientState._reset_state(), PartialState._reset_state()
+    reset_accelerate()
     import pytest
 
     with pytest.raises(ValueError, match="different recipe"):
@@ -124,8 +120,6 @@ def test_nan_rewards_are_skipped_counted_and_stop_the_run_past_the_share(tmp_pat
     rows = _metrics(tmp_path / "ok")
     assert [r["reward/invalid_share"] for r in rows] == [1 / 16] * 3
     assert all(r["reward/test_nan_first/mean"] == r["reward/test_nan_first/mean"] for r in rows)  # finite
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True), GradientState._reset_state(), PartialState._reset_state()
+    reset_accelerate()
     with pytest.raises(InvalidRewardError, match="1 of 16 samples"):
         make_trainer(tmp_path / "stop", "rewards=[{name: test_nan_first}]", "trainer.max_invalid_reward_share=0.05").train()
