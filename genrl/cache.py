@@ -59,13 +59,40 @@ def check_references(resolved: dict, recipe_file: str | None) -> list[Path]:
     return found
 
 
+def input_hashes(resolved: dict, recipe_file: str | None, _seen: frozenset = frozenset()) -> dict[str, str]:
+    """Content hashes of everything a recipe reads, transitively: files and folders named by ``*_file`` /
+    ``*path`` keys, and every referenced ``*recipe`` (with what *it* reads). An artifact's cache key
+    includes them, so editing a labelling recipe retrains the reward model that was built from it."""
+    from genrl.config.load import load_yaml
+
+    out: dict[str, str] = {}
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, str) and str(k).endswith(("_file", "path")) and Path(v).expanduser().exists():
+                    out[f"{key}.{k}"] = path_sha256(Path(v).expanduser())
+                else:
+                    walk(v, f"{key}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+
+    walk(resolved, "")
+    for ref in check_references(resolved, recipe_file):
+        if ref in _seen:
+            raise RecipeError(recipe_file, "", f"recipe {ref} refers back to itself (a reference cycle)")
+        out[str(ref)] = path_sha256(ref)
+        nested = input_hashes(load_yaml(ref), str(ref), _seen | {ref})
+        out.update({f"{ref}:{k}": v for k, v in nested.items()})
+    return out
+
+
 def cached_artifact(recipe_file: Path, schema: type, kind: str, build: Callable[[object, Path], None]) -> Path:
     """Return the cache folder of the artifact that ``recipe_file`` makes, building it if needed."""
     config, resolved = load_recipe(recipe_file, schema)
-    # Files a recipe reads (``data_file``) are part of the artifact's identity: new content, new artifact.
-    files = {k: path_sha256(Path(v)) for k, v in resolved.items() if k.endswith("_file") and isinstance(v, str)
-             and Path(v).exists()}
-    target = cache_root() / kind / recipe_hash({**resolved, "_file_hashes": files, "_format": ARTIFACT_FORMAT})
+    identity = {**resolved, "_inputs": input_hashes(resolved, str(recipe_file)), "_format": ARTIFACT_FORMAT}
+    target = cache_root() / kind / recipe_hash(identity)
     if (target / "checkpoint.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,16 @@ def _schema_for(path: str):
     from genrl.pretrain import pretrain_job
     from genrl.recipe import TrainRecipe
 
-    job = pretrain_job(load_yaml(path).get("kind"))
+    kind = load_yaml(path).get("kind")
+    if kind == "preference_labels":
+        from genrl.preference.labelling import LabelRecipe
+
+        return LabelRecipe
+    if kind == "preference_reward":
+        from genrl.preference.train import RewardTrainRecipe
+
+        return RewardTrainRecipe
+    job = pretrain_job(kind)
     return job[0] if job else TrainRecipe
 
 
@@ -93,6 +102,32 @@ def _recipe(args: argparse.Namespace) -> int:
         _, resolved = load_recipe(path, _schema_for(path))
         check_references(resolved, path)
         print(f"ok  {path}")
+    return 0
+
+
+def _reward(args: argparse.Namespace) -> int:
+    """``genrl reward label`` (candidate pairs + labelling cascade) and ``genrl reward train`` (Bradley–Terry)."""
+    from genrl.config.load import load_recipe
+
+    if args.action == "label":
+        from genrl.preference.labelling import LabelRecipe, build_labels
+
+        config, _ = load_recipe(args.recipe, LabelRecipe, args.overrides)
+        out = Path(args.out or "preference_pairs").resolve()
+        report = build_labels(config, out, recipe_file=str(args.recipe), fmt=args.format)
+        stages = "; ".join(f"{name}: {c['a'] + c['b']} decided, {c['tie']} ties"
+                           + (f", {c['failed']} failed" if c["failed"] else "") for name, c in report["by_rule"].items())
+        print(f"[genrl] {report['candidates']['pairs']} candidate pairs -> {report['kept']} kept "
+              f"({report['ties']} ties, {report['undecided']} undecided); {stages}")
+        print(f"[genrl] pairs: {out / report['output']['path']}; report: {out / 'labels.json'}")
+        return 0
+    from genrl.preference.train import RewardModelTrainer, RewardTrainRecipe
+
+    config, _ = load_recipe(args.recipe, RewardTrainRecipe, args.overrides)
+    trainer = RewardModelTrainer(config, recipe_file=str(args.recipe), run_dir=args.run_dir)
+    result = trainer.train(resume=not args.fresh, until_step=args.until_step)
+    if "stopped_at" in result:
+        print(f"[genrl] stopped after update {result['stopped_at']} (checkpoint {result['checkpoint']})")
     return 0
 
 
@@ -244,6 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-threads", type=int, default=1)
     s.set_defaults(func=_sample)
 
+    rw = sub.add_parser("reward", help="preference reward models: label pairs, train a Bradley–Terry model")
+    rw_sub = rw.add_subparsers(dest="action", required=True)
+    rl = rw_sub.add_parser("label", help="sample candidate pairs from a policy and label them with a rule cascade")
+    rl.add_argument("recipe")
+    rl.add_argument("overrides", nargs="*")
+    rl.add_argument("--out", default=None, help="output folder (default: ./preference_pairs)")
+    rl.add_argument("--format", choices=["arrow", "parquet", "jsonl"], default="arrow", help="format of the pairs")
+    rl.set_defaults(func=_reward)
+    rt = rw_sub.add_parser("train", help="train a reward model (resumes automatically from RUN_DIR)")
+    rt.add_argument("recipe")
+    rt.add_argument("overrides", nargs="*")
+    rt.add_argument("--run-dir", default=None, help="run directory (overrides the recipe's run_dir)")
+    rt.add_argument("--fresh", action="store_true", help="ignore checkpoints already in the run directory")
+    rt.add_argument("--until-step", type=int, default=None, metavar="N", help="stop after update N (with a checkpoint)")
+    rt.set_defaults(func=_reward)
+
     la = sub.add_parser("launch", help="start `genrl train` on this node under accelerate launch (GPU) or torchrun (CPU)")
     la.add_argument("recipe")
     la.add_argument("overrides", nargs="*")
@@ -322,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from genrl.config.validate import RecipeError
     from genrl.data.image_files import DataRowError
+    from genrl.preference.data import PreferenceDataError
+    from genrl.preference.models.base import RewardModelError
     from genrl.trainer.checkpoint import CheckpointError
 
     parser = build_parser()
@@ -337,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         print(f"genrl: recipe error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, CheckpointError, DataRowError) as err:
+    except (FileNotFoundError, CheckpointError, DataRowError, PreferenceDataError, RewardModelError) as err:
         print(f"genrl: {err}", file=sys.stderr)
         return 2
 

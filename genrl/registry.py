@@ -1,5 +1,6 @@
 """Registries at the plug points of genrl: policies, explorers, rewards, advantage
-estimators, objectives, prompt sources and benchmarks. Nothing else is looked up by name.
+estimators, objectives, prompt sources and benchmarks, plus the two plug points of preference
+reward modelling (reward-model architectures and labelling rules). Nothing else is looked up by name.
 
 A registered component is a class with a ``Config`` dataclass attribute; recipes name the
 component (``name: sde``) and give its config fields next to the name.
@@ -54,3 +55,5 @@ ADVANTAGES = Registry("advantage estimators")
 OBJECTIVES = Registry("objectives")
 PROMPTS = Registry("prompt sources")
 BENCHMARKS = Registry("benchmarks")
+REWARD_MODELS = Registry("reward model architectures")
+LABEL_RULES = Registry("labelling rules")

@@ -21,6 +21,8 @@ import yaml
 from genrl.cache import resolve_recipe_path
 from genrl.config.load import load_recipe, load_yaml
 from genrl.config.validate import RecipeError
+from genrl.preference.labelling import LabelRecipe
+from genrl.preference.train import RewardTrainRecipe
 from genrl.pretrain.classifier import ClassifierRecipe
 from genrl.pretrain.flow_image import FlowPretrainRecipe
 from genrl.recipe import TrainRecipe
@@ -29,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "recipes" / "smoke" / "flow_grpo_tiny.yaml"
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 ACCELERATE_DIR = ROOT / "recipes" / "accelerate"
-PRETRAIN_SCHEMAS: dict[str, type] = {"flow_image": FlowPretrainRecipe, "digit_classifier": ClassifierRecipe}
+# Recipes that make an artifact name their kind: base models, classifiers, preference pairs, reward models.
+PRETRAIN_SCHEMAS: dict[str, type] = {"flow_image": FlowPretrainRecipe, "digit_classifier": ClassifierRecipe,
+                                     "preference_labels": LabelRecipe, "preference_reward": RewardTrainRecipe}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -123,7 +127,8 @@ def _references(config: TrainRecipe) -> list[tuple[str, str, str | None]]:
             continue
         recipe = getattr(spec.config, "recipe", None)
         if recipe:
-            refs.append((f"rewards[{i}].recipe", recipe, "digit_classifier" if spec.name == "digit_classifier" else None))
+            expected = {"digit_classifier": "digit_classifier", "learned": "preference_reward"}.get(spec.name)
+            refs.append((f"rewards[{i}].recipe", recipe, expected))
     if config.eval is not None:
         judge = getattr(config.eval.config, "judge_recipe", None)
         if judge:
@@ -316,7 +321,7 @@ def test_bad_reward_item_without_name(tmp_path: Path) -> None:
     data["rewards"] = [{"weight": 1.0}]
     path = _write(tmp_path, data)
     _check(_error(path), path, "rewards[0].name", "missing required field",
-           "missing required field; expected one of ['digit_classifier', ")
+           "missing required field; expected one of ['aesthetic', 'clip_score', 'digit_classifier', ")
 
 
 def test_bad_empty_rewards(tmp_path: Path) -> None:

@@ -160,3 +160,30 @@ def save_bar_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
     return path
+
+
+def save_reliability_png(path: str | Path, table: list[dict], *, title: str) -> Path:
+    """Reliability diagram: observed frequency against mean predicted probability per bin (point
+    size ~ pairs in the bin), with the diagonal of perfect calibration."""
+    fig = Figure(figsize=(4.2, 4.0), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    rows = [r for r in table if r["n"]]
+    if rows:
+        total = sum(r["n"] for r in rows)
+        ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], color="#4c72b0", linewidth=1)
+        ax.scatter([r["predicted"] for r in rows], [r["observed"] for r in rows],
+                   s=[20 + 300 * r["n"] / total for r in rows], color="#4c72b0", label="model", zorder=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted P(first preferred)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path

@@ -240,6 +240,12 @@ class FlowImagePolicy:
         c = self.model_config
         return (c.channels, c.sample_size, c.sample_size)
 
+    @property
+    def reward_sample_spec(self) -> tuple[tuple[int, ...], str]:
+        """(shape of one sample as reward callables receive it, kind of contexts), for compatibility checks."""
+        c, h, w = self.image_shape
+        return ((h, w) if c == 1 else (c, h, w)), "class"
+
     def _forward_chunked(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         n, chunk = len(x), self.config.forward_chunk
         timestep = (sigma * self.scheduler.config.num_train_timesteps).expand(n)

@@ -133,3 +133,29 @@ def record_checkpoint(manifest: dict, run_dir: Path, path: Path, step: int) -> N
 
 def save_manifest(run_dir: Path, manifest: dict) -> None:
     write_json_atomic(Path(run_dir) / "manifest.json", manifest)
+
+
+def open_session(run_dir: Path, resolved: dict, *, resumed: bool, step: int, world_size: int,
+                 make_manifest, write: bool, notes: list[str] | None = None) -> dict:
+    """Start (or continue, on resume) a run's manifest and append this session to it.
+
+    A resumed run must have been started with the same recipe (same identity hash); anything else
+    would silently mix two experiments in one run directory.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_file = run_dir / "manifest.json"
+    if resumed and manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("recipe_hash") != run_hash(resolved):
+            raise ValueError(f"{run_dir}: resuming with a different recipe than the run was started with "
+                             f"(hash {run_hash(resolved)} vs {manifest.get('recipe_hash')})")
+    else:
+        manifest = make_manifest()
+    manifest["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "resumed_from_step": step, "world_size": world_size, "notes": list(notes or [])})
+    if write:
+        save_manifest(run_dir, manifest)
+    return manifest

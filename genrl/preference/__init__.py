@@ -1,0 +1,1 @@
+"""Preference reward modelling: pairwise data, labelling, Bradley–Terry training."""
