@@ -58,6 +58,12 @@ class TrainerConfig:
     rollout_depth: Literal[0] = option(
         default=0, help="Rollouts produced ahead of the update (0 = on-policy; >0 reserved for async modes)."
     )
+    reward_chunks: int = option(
+        default=1,
+        help="Pieces each step's rollout is generated in; piece k is scored while piece k+1 is generated, hiding "
+             "slow rewards (still on-policy, same samples). 1 = no overlap. Pieces hold whole groups unless that "
+             "costs padded network rows (policy.forward_chunk); group-wise rewards then wait for the last piece.",
+    )
 
     def validate(self) -> None:
         for name in ("steps", "prompts_per_step", "group_size", "minibatch_size", "micro_batch_size", "inner_epochs"):
@@ -68,6 +74,9 @@ class TrainerConfig:
             raise ValueError(
                 f"minibatch_size: must divide the rollout batch prompts_per_step x group_size = {batch}"
             )
+        if not 1 <= self.reward_chunks <= batch:
+            raise ValueError(f"reward_chunks: expected 1 to the rollout batch prompts_per_step x group_size = "
+                             f"{batch}, got {self.reward_chunks}")
         if len(self.adam_betas) != 2:
             raise ValueError("adam_betas: expected two numbers")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

@@ -27,13 +27,12 @@ from typing import Literal
 import torch
 import yaml
 
+import genrl.preference.models  # noqa: F401, E402  (fills REWARD_MODELS)
 from genrl.config.validate import ComponentSpec, RecipeError, component, option, to_dict
-from genrl.preference.data import FORMATS, PreferencePairs, read_pairs
+from genrl.preference.data import PreferencePairs, read_pairs
 from genrl.preference.loss import bradley_terry_loss, centering_loss, pairwise_accuracy
 from genrl.registry import REWARD_MODELS
 from genrl.rng import Purpose, key_seed, keyed_permutation
-
-import genrl.preference.models  # noqa: F401, E402  (fills REWARD_MODELS)
 
 
 @dataclass

@@ -4,13 +4,20 @@ Trust boundaries: user code is only ever imported from the file a recipe names (
 the run manifest, so replay refuses if it changed); a reward server is contacted only at the
 configured address, with a timeout, and its answer is validated — a malformed or late answer makes
 the batch's rewards NaN (counted and skipped by the loop), never a crash and never executed.
+
+Retries: a connection error or a 5xx answer is retried inside the call (``max_retries``, backoff
+``retry_backoff_s`` doubled each time: the server may be restarting). A late answer is not retried
+here (another request only adds load to a busy server), nor is a 4xx or malformed answer (the same
+request gets the same answer). The generic ``retries``/``call_timeout_s`` of every reward come on top.
 """
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import math
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -20,7 +27,7 @@ import torch
 
 from genrl.config.validate import RecipeError, option
 from genrl.registry import REWARDS
-from genrl.rewards.image import RewardConfig
+from genrl.rewards.base import RewardConfig
 
 
 @REWARDS.register("python")
@@ -61,26 +68,48 @@ class HTTPReward:
     class Config(RewardConfig):
         url: str = option(help="Endpoint of the reward server (http:// or https://).")
         timeout_s: float = option(default=30.0, help="Seconds to wait for an answer before the batch counts as failed.")
+        max_retries: int = option(default=2, help="Retries after a connection error or a 5xx answer.")
+        retry_backoff_s: float = option(default=0.2, help="Wait before the first retry; doubled for each next one.")
 
         def validate(self) -> None:
             if not self.url.startswith(("http://", "https://")):
                 raise ValueError("url: expected an http:// or https:// address")
             if self.timeout_s <= 0:
                 raise ValueError("timeout_s: must be > 0")
+            if self.max_retries < 0:
+                raise ValueError("max_retries: must be >= 0")
+            if self.retry_backoff_s < 0:
+                raise ValueError("retry_backoff_s: must be >= 0")
 
     def __init__(self, config: Config, **_: object) -> None:
         self.config = config
         self.__name__ = f"http:{config.url}"
 
-    def __call__(self, images: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        body = json.dumps({"images": images.tolist(), "prompts": prompts.tolist()}).encode()
+    def _post(self, body: bytes) -> tuple[object, str | None, bool]:
+        """(answer, None, _) or (None, why, transient): transient failures are worth another try."""
         request = urllib.request.Request(self.config.url, data=body, headers={"Content-Type": "application/json"})
-        nan = torch.full((len(prompts),), float("nan"))
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
-                answer = json.loads(resp.read(10_000_000))
-        except (urllib.error.URLError, TimeoutError, OSError, json.JSONDecodeError) as exc:
-            print(f"[genrl] reward server {self.config.url} failed: {exc!r}")
+                return json.loads(resp.read(10_000_000)), None, False
+        except urllib.error.HTTPError as exc:
+            return None, f"HTTP {exc.code}", exc.code >= 500
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)  # a socket timeout (an OSError too) is late, not retried
+            return None, repr(reason), not isinstance(reason, TimeoutError)
+        except ValueError as exc:  # not JSON
+            return None, repr(exc), False
+
+    def __call__(self, images: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        body = json.dumps({"images": images.tolist(), "prompts": prompts.tolist()}).encode()
+        nan = torch.full((len(prompts),), float("nan"))
+        for attempt in range(self.config.max_retries + 1):
+            answer, why, transient = self._post(body)
+            if why is None or not transient or attempt == self.config.max_retries:
+                break
+            time.sleep(self.config.retry_backoff_s * 2**attempt)
+        if why is not None:
+            tries = f" after {attempt + 1} tries" if attempt else ""
+            print(f"[genrl] reward server {self.config.url} failed{tries}: {why}")
             return nan
         values = answer.get("rewards") if isinstance(answer, dict) else None
         if (not isinstance(values, list) or len(values) != len(prompts)

@@ -10,13 +10,9 @@ import torch
 from genrl.config.validate import option
 from genrl.eval.image_metrics import stroke_crispness
 from genrl.registry import REWARDS
+from genrl.rewards.base import RewardConfig
 
-
-@dataclass
-class RewardConfig:
-    """Fields every reward component has."""
-
-    weight: float = option(default=1.0, help="Weight of this component in the combined reward.")
+__all__ = ["RewardConfig", "DigitClassifierReward", "StrokeCrispnessReward"]  # RewardConfig: re-exported from base
 
 
 @REWARDS.register("digit_classifier")

@@ -66,15 +66,19 @@ class LearnedReward:
         self.__name__ = f"learned:{Path(model_dir).parent.name if Path(model_dir).name == 'model' else Path(model_dir).name}"
         self.input_files = {"model": Path(model_dir)}  # hashed into the run manifest
 
-    def check_policy(self, sample_shape: tuple[int, ...], context_kind: str) -> None:
-        """Raise ValueError unless this model can score the policy's samples and contexts."""
-        want = tuple(self.model.sample_shape)
-        got = tuple(sample_shape)
+    @staticmethod
+    def check_policy(model_dir: Path, sample_shape: tuple[int, ...], context_kind: str) -> None:
+        """Raise ValueError unless the model in ``model_dir`` can score the policy's samples and contexts
+        (static: checked from config.json, whichever executor will run the model)."""
+        from genrl.preference.models.base import read_model_info
+
+        info = read_model_info(model_dir)
+        want, got = tuple(info["sample_shape"]), tuple(sample_shape)
         if got != want and not (len(want) == len(got) + 1 and want[0] == 1 and want[1:] == got):
-            raise ValueError(f"the reward model at {self.info['model_dir']} scores samples of shape {list(want)}, "
+            raise ValueError(f"the reward model at {info['model_dir']} scores samples of shape {list(want)}, "
                              f"the policy makes {list(got)}")
-        if context_kind != self.info.get("context_kind"):
-            raise ValueError(f"the reward model at {self.info['model_dir']} takes {self.info.get('context_kind')} "
+        if context_kind != info.get("context_kind"):
+            raise ValueError(f"the reward model at {info['model_dir']} takes {info.get('context_kind')} "
                              f"contexts, the policy's are {context_kind}")
 
     def _adapt(self, samples: torch.Tensor) -> torch.Tensor:
@@ -98,13 +102,13 @@ class LearnedReward:
         return r
 
 
-def policy_reward_check(fn, policy, recipe_file: str | None, key: str) -> None:
+def policy_reward_check(reward_cls: type, model_dir: Path | None, policy, recipe_file: str | None, key: str) -> None:
     """Compatibility of a reward with the policy, checked when the trainer is built (before step 0)."""
-    check = getattr(fn, "check_policy", None)
+    check = getattr(reward_cls, "check_policy", None)
     spec = getattr(policy, "reward_sample_spec", None)
-    if check is None or spec is None:
+    if check is None or spec is None or model_dir is None:
         return
     try:
-        check(*spec)
-    except (ValueError, RecipeError) as exc:
+        check(model_dir, *spec)
+    except ValueError as exc:
         raise RecipeError(recipe_file, f"{key}.path", str(exc)) from None

@@ -1,8 +1,9 @@
 """The one training loop shared by every genrl trainer.
 
     for each step:
-        rollout   = producer.get(step)                       # policy + explorer, no grad, this rank's shard
-        rewards   = reward_set.submit(samples, prompts)      # [b, C], possibly slow / remote
+        for piece in producer.chunks(step):                  # policy + explorer, no grad, this rank's shard
+            reward_stream.add(samples, prompts)              # scored while the next piece is generated
+        rewards   = reward_stream.result()                   # [b, C], possibly slow / remote / in a worker
         batch     = gather(rollout + rewards)                # global batch on every rank
         batch.adv = advantage(rewards, weights, groups)      # group statistics over all ranks
         K epochs x minibatches (keyed shuffle; rank r takes r::W of each) x micro-batches:
@@ -29,7 +30,8 @@ from genrl.cache import check_references
 from genrl.config.validate import RecipeError, to_dict
 from genrl.recipe import TrainRecipe
 from genrl.registry import ADVANTAGES, BENCHMARKS, EXPLORERS, OBJECTIVES, POLICIES, PROMPTS, REWARDS
-from genrl.rewards.base import RewardSet
+from genrl.rewards.base import RewardSet, build_reward
+from genrl.rewards.learned import policy_reward_check
 from genrl.rng import Purpose, keyed_permutation
 from genrl.trainer import checkpoint as ckpt
 from genrl.trainer.ema import EMA
@@ -38,6 +40,7 @@ from genrl.trainer.logger import MetricLogger
 from genrl.trainer.manifest import (
     determinism_statement,
     new_manifest,
+    open_session,
     record_checkpoint,
     run_hash,
     save_manifest,
@@ -115,9 +118,10 @@ class Trainer:
         self.prompts = PROMPTS.get(recipe.prompts.name)(recipe.prompts.config, seed=self.seed)
         components = []
         for i, spec in enumerate(recipe.rewards):
+            policy_reward_check(REWARDS.get(spec.name), self.reward_dirs.get(i), self.policy, recipe_file, f"rewards[{i}]")
             extra = {"model_dir": self.reward_dirs[i]} if i in self.reward_dirs else {}
-            fn = REWARDS.get(spec.name)(spec.config, device=self.device, **extra)
-            components.append((spec.name, fn, spec.config.weight))
+            fn = build_reward(spec.name, spec.config, device=self.device, **extra)  # executor: process -> a worker
+            components.append((spec.name, fn, spec.config.weight, spec.config))
         self.rewards = RewardSet(components, max_invalid_share=tc.max_invalid_reward_share)
         self.advantage = ADVANTAGES.get(recipe.advantage.name)(recipe.advantage.config)
         self.objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
@@ -146,7 +150,8 @@ class Trainer:
         self.ema = EMA(self.policy.trainable_parameters(), tc.ema_decay) if tc.ema_decay else None
         self.producer = RolloutProducer(self.policy, self.explorer, self.prompts, seed=self.seed,
                                         prompts_per_step=tc.prompts_per_step, group_size=tc.group_size,
-                                        rank=self.rank, world_size=self.world, depth=tc.rollout_depth)
+                                        rank=self.rank, world_size=self.world, depth=tc.rollout_depth,
+                                        reward_chunks=tc.reward_chunks)
         self.benchmark = self.evaluator = None
         if recipe.eval is not None:
             self.benchmark = BENCHMARKS.get(recipe.eval.name)(recipe.eval.config, recipe_file=recipe_file)
@@ -205,11 +210,18 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, float]:
         t0 = self._clock()
+        # The shard comes in trainer.reward_chunks pieces; each is scored (on the scoring thread, or a
+        # worker) while the next is generated. Group-wise rewards wait for whole groups (RewardStream).
+        scoring = self.rewards.stream(whole_groups=self.producer.chunks_hold_whole_groups)
+        pieces = []
         with self._autocast():
-            local = self.producer.get(step)
+            for piece in self.producer.chunks(step):
+                samples, contexts = self.policy.reward_inputs(piece)
+                scoring.add(samples, contexts, groups=piece["group_ids"].cpu())
+                pieces.append(piece)
+        local = pieces[0] if len(pieces) == 1 else Rollout.cat(pieces)
         t1 = self._clock()
-        samples, contexts = self.policy.reward_inputs(local)
-        scored = self.rewards.submit(samples, contexts, groups=local["group_ids"].cpu()).result()
+        scored = scoring.result()  # time/reward: only the wait left after generation
         local["rewards"] = scored.values.to(self.device)
         local["valid"] = scored.valid.to(self.device)
         t2 = self._clock()
@@ -234,7 +246,9 @@ class Trainer:
         metrics["reward/skipped_groups"] = float(len(bad_groups))
         metrics.update(adv.metrics)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0})
+        metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0,
+                        # scoring time that ran while pieces were still being generated
+                        "time/reward_hidden": max(0.0, scored.seconds - (t2 - t1))})
         return metrics
 
     def _update(self, step: int, batch: Rollout) -> dict[str, float]:
@@ -421,32 +435,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def _start_run_dir(self, resume_from: Path | None, notes: list[str]) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        manifest_file = self.run_dir / "manifest.json"
-        if resume_from is not None and manifest_file.is_file():
-            self.manifest = ckpt.read_json(manifest_file)
-            if self.manifest.get("recipe_hash") != run_hash(self.resolved):
-                raise ValueError(f"{self.run_dir}: resuming with a different recipe than the run was started with "
-                                 f"(hash {run_hash(self.resolved)} vs {self.manifest.get('recipe_hash')})")
-        else:
-            self.manifest = new_manifest(
+        def fresh() -> dict:
+            remote = [n for n, f in zip(self.rewards.names, self.rewards.fns) if getattr(f, "remote", False)]
+            return new_manifest(
                 engine=self.engine_name,
                 recipe_file=self.recipe_file, resolved=self.resolved, seed=self.seed, world_size=self.world,
                 base_checkpoint=str(self.base_dir) if self.base_dir else None, inputs=self.inputs(),
                 determinism=determinism_statement(
                     deterministic=self.deterministic, device=self.device.type, world_size=self.world,
-                    mixed_precision=self.recipe.mixed_precision,
-                    remote_rewards=[n for n, f in zip(self.rewards.names, self.rewards.fns) if getattr(f, "remote", False)]))
-        self.manifest["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                          "resumed_from_step": self.step, "world_size": self.world,
-                                          "notes": notes})
+                    mixed_precision=self.recipe.mixed_precision, remote_rewards=remote))
+
+        self.manifest = open_session(self.run_dir, self.resolved, resumed=resume_from is not None, step=self.step,
+                                     world_size=self.world, make_manifest=fresh, write=self.is_main, notes=notes)
         if self.is_main:
-            save_manifest(self.run_dir, self.manifest)
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
 
     def train(self, *, resume: bool = True, until_step: int | None = None) -> dict:
         """Run (or resume) to ``trainer.steps``; ``until_step`` stops early after checkpointing that step
         (an interruption on purpose: tests, replays and preemption use it)."""
+        try:
+            return self._train(resume=resume, until_step=until_step)
+        finally:
+            self.rewards.close()  # reward worker processes never outlive the run, also on error
+
+    def _train(self, *, resume: bool, until_step: int | None) -> dict:
         latest, notes = self._resume() if resume else (None, [])
         if latest is not None and self.is_main:
             print(f"[genrl] resuming {self.run_dir} from {latest.name}")

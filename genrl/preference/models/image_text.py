@@ -112,8 +112,9 @@ class ImageTextRewardModel(RewardModel):
 
     @dataclass
     class Config:
-        model_type: str = option(default="llama", help="transformers model_type of the backbone (AutoConfig.for_model); "
-                                                       "a decoder (llama, qwen2, gpt2) or an encoder (bert).")
+        model_type: str = option(default="llama", help="transformers model_type of the backbone "
+                                                       "(AutoConfig.for_model): a decoder (llama, qwen2, gpt2) or "
+                                                       "an encoder (bert).")
         hidden_size: int = option(default=64, help="Backbone width (also the patch and token embedding width).")
         num_hidden_layers: int = option(default=2, help="Backbone layers.")
         num_attention_heads: int = option(default=4, help="Attention heads.")
