@@ -207,7 +207,10 @@ class FlowImagePolicy:
         return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters().items()}
+        """Full (unsharded) copies on the CPU; a collective under FSDP, where every rank calls it."""
+        from genrl.trainer.checkpoint import full_tensor
+
+        return {n: full_tensor(p.detach()).cpu().clone() for n, p in self.trainable_parameters().items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         params = self.trainable_parameters()
@@ -215,9 +218,11 @@ class FlowImagePolicy:
         unexpected = sorted(set(state) - set(params))
         if missing or unexpected:
             raise ValueError(f"policy weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        from genrl.trainer.checkpoint import shard_like
+
         with torch.no_grad():
             for n, p in params.items():
-                p.copy_(state[n].to(p.device, p.dtype))
+                p.copy_(shard_like(state[n].to(p.device, p.dtype), p))
 
     def make_reference(self) -> None:
         """Full fine-tuning keeps a frozen copy as the KL reference; LoRA disables its adapter instead."""

@@ -37,6 +37,34 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder that must not be loaded (corrupted, incomplete or with foreign files)."""
 
 
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a sharded one (FSDP2 keeps parameters and optimizer state as DTensors).
+    A collective for a DTensor: under FSDP every rank must call it, in the same order."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def shard_like(value: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """``value`` (a full tensor from a checkpoint) laid out like the live tensor it replaces."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(live, DTensor) and not isinstance(value, DTensor):
+        return distribute_tensor(value.to(live.device, live.dtype), live.device_mesh, live.placements)
+    return value
+
+
+def reshard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After loading full tensors into an optimizer over sharded (DTensor) parameters, lay each
+    per-parameter state tensor (Adam's moments) out like its parameter."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    state[k] = shard_like(v, p)
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
@@ -62,7 +90,7 @@ def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], 
 
     def walk(node: Any, path: str) -> Any:
         if torch.is_tensor(node):
-            tensors[path] = node.detach().cpu().contiguous()
+            tensors[path] = full_tensor(node.detach()).cpu().contiguous()
             return {"__tensor__": path}
         if isinstance(node, dict):
             keys = list(node)
@@ -88,7 +116,8 @@ def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any, template: A
     ``template`` (the current state dict), which must be of the same type."""
     if isinstance(skeleton, dict):
         if "__tensor__" in skeleton:
-            return tensors[skeleton["__tensor__"]]
+            value = tensors[skeleton["__tensor__"]]
+            return shard_like(value, template) if torch.is_tensor(template) else value
         if "__dict__" in skeleton:
             sub = template if isinstance(template, dict) else {}
             return {k: unflatten_state(tensors, v, sub.get(k)) for k, v in skeleton["__dict__"].items()}

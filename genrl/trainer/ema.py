@@ -21,11 +21,16 @@ class EMA:
             self.shadow[n].lerp_(p.detach().float(), 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: t.clone() for n, t in self.shadow.items()}
+        """Full (unsharded) copies on the CPU; a collective under FSDP, where every rank calls it."""
+        from genrl.trainer.checkpoint import full_tensor
+
+        return {n: full_tensor(t).cpu().clone() for n, t in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from genrl.trainer.checkpoint import shard_like
+
         for n in self.shadow:
-            self.shadow[n].copy_(state[n])
+            self.shadow[n].copy_(shard_like(state[n].to(self.shadow[n].device), self.shadow[n]))
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

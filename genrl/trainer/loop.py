@@ -89,10 +89,10 @@ class Trainer:
         if recipe.device == "cuda" and not torch.cuda.is_available():
             raise RecipeError(recipe_file, "device", "expected 'cpu' or 'auto': cuda was requested but no CUDA device is visible")
         check_references(self.resolved, recipe_file)  # every referenced recipe exists before anything is built
-        # On CPU, cpu=True gives gloo DDP under torchrun; but it would also switch off a DeepSpeed engine
-        # that `accelerate launch` set up, so then Accelerate picks the (CPU) device itself.
-        deepspeed_launch = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        self.acc = Accelerator(cpu=use_cpu and not deepspeed_launch, mixed_precision=recipe.mixed_precision)
+        # On CPU, cpu=True gives gloo DDP under torchrun; but it would also switch off a DeepSpeed or FSDP
+        # engine that `accelerate launch` set up, so then Accelerate picks the (CPU) device itself.
+        engine_launch = any(os.environ.get(f"ACCELERATE_USE_{e}", "false").lower() == "true" for e in ("DEEPSPEED", "FSDP"))
+        self.acc = Accelerator(cpu=use_cpu and not engine_launch, mixed_precision=recipe.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
         tc = recipe.trainer
@@ -138,6 +138,7 @@ class Trainer:
             self.optimizer, _lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps * updates_per_step))
         self.deepspeed = self.acc.state.deepspeed_plugin is not None
         self.zero3 = self.deepspeed and self.acc.state.deepspeed_plugin.zero_stage == 3
+        self.fsdp = str(getattr(self.acc.distributed_type, "value", self.acc.distributed_type)) == "FSDP"
         if self.zero3 and tc.ema_decay:
             raise RecipeError(recipe_file, "trainer.ema_decay",
                               "expected null under DeepSpeed ZeRO-3 (EMA of sharded parameters is not supported yet)")
@@ -322,15 +323,19 @@ class Trainer:
         """Write a checkpoint (main process). A failed write (disk full, I/O error) keeps the previous
         checkpoint valid; it is counted and the run goes on, except for the final checkpoint."""
         path = None
+        # Under FSDP every rank takes part in gathering the shards; otherwise the main process reads alone.
+        gather = self.is_main or self.fsdp
         with self._gathered():  # collective under ZeRO-3: every rank enters it
-            weights = self.policy.trainable_state_dict() if self.is_main else None
+            weights = self.policy.trainable_state_dict() if gather else None
+        ema = self.ema.state_dict() if self.ema is not None and gather else None
+        opt_tensors = opt_meta = None
+        if gather and not (self.deepspeed and self.world > 1):  # ZeRO partitions live on every rank: see docs
+            opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self._raw_optimizer)
         if self.is_main:
             files = {"policy.safetensors": weights, **self.policy.frozen_checkpoint_files()}
-            if self.ema is not None:
-                files["ema.safetensors"] = self.ema.state_dict()
-            opt_meta = None
-            if not (self.deepspeed and self.world > 1):  # ZeRO partitions live on every rank: see docs
-                opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self._raw_optimizer)
+            if ema is not None:
+                files["ema.safetensors"] = ema
+            if opt_tensors is not None:
                 files["optimizer.safetensors"] = opt_tensors
             files["rng.safetensors"] = {"torch_cpu": torch.get_rng_state()}
             state = {"step": self.step, "data_position": self.step, "optimizer": opt_meta,
@@ -384,6 +389,8 @@ class Trainer:
                                                        state["optimizer"], self._raw_optimizer.state_dict())
             # DeepSpeed's ZeRO optimizer loads a list with one state per data-parallel rank.
             self._raw_optimizer.load_state_dict([opt_state] if self.deepspeed else opt_state)
+            if self.fsdp:
+                ckpt.reshard_optimizer_state(self._raw_optimizer)
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
         self.advantage.load_state_dict(state["advantage"])
         self.rewards.invalid_count, self.rewards.total_count = state["rewards"]["invalid"], state["rewards"]["total"]
