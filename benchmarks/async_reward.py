@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -39,12 +37,11 @@ if str(ROOT) not in sys.path:  # run as a script: reuse the shared helpers of be
 from benchmarks.flow_grpo_step import (  # noqa: E402
     BASE_OVERRIDES,
     DOC,
-    DOC_HEADER,
     build_trainer,
     cpu_model,
     fmt,
     median,
-    utc_date,
+    record_entry,
 )
 from genrl.config.validate import option  # noqa: E402
 from genrl.registry import REWARDS  # noqa: E402
@@ -179,20 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "\n".join(lines))
 
     if args.record:
-        cmd = "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT) if sys.argv[0] else "", *sys.argv[1:]])
-        env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "GENRL_CACHE") if k in os.environ)
-        hw = (f"{cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} intra-op thread(s), device {trainer.device}")
-        entry = [f"## async_reward — {utc_date()}", "",
-                 f"- command: `{env + ' ' if env else ''}{cmd}`",
-                 f"- hardware: {hw}",
-                 f"- python {platform.python_version()}, {platform.platform()}", "", *lines, ""]
-        new = not DOC.exists()
-        with DOC.open("a") as f:
-            if new:
-                f.write(DOC_HEADER + "\n")
-            f.write("\n".join(entry) + "\n")
-        print(f"[bench] recorded in {DOC}")
+        record_entry("async_reward", lines, hardware=f"{cpu_model()}, {os.cpu_count()} logical cores; torch "
+                     f"{torch.__version__}, {torch.get_num_threads()} intra-op thread(s), device {trainer.device}")
     return 0
 
 

@@ -85,6 +85,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def record_entry(name: str, lines: list[str], *, hardware: str) -> None:
+    """Append a dated entry (command, hardware, versions, then ``lines``) to docs/benchmarks.md."""
+    cmd = "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT) if sys.argv[0] else "", *sys.argv[1:]])
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "GENRL_CACHE") if k in os.environ)
+    entry = [f"## {name} — {utc_date()}", "", f"- command: `{env + ' ' if env else ''}{cmd}`",
+             f"- hardware: {hardware}", f"- python {platform.python_version()}, {platform.platform()}", "",
+             *lines, ""]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    new = not DOC.exists()
+    with DOC.open("a") as f:  # append only: other entries are left as they are
+        f.write((DOC_HEADER + "\n" if new else "\n") + "\n".join(entry))
+    print(f"[bench] recorded in {DOC}")
+
+
 def utc_date() -> str:
     try:
         return subprocess.run(["date", "-u"], capture_output=True, text=True, timeout=10).stdout.strip()
@@ -389,22 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "\n".join(lines))
 
     if args.record:
-        cmd = "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT) if sys.argv[0] else "", *sys.argv[1:]])
-        env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "GENRL_CACHE") if k in os.environ)
-        hw = (f"{cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} intra-op thread(s), device {main_tr.device}")
-        entry = [f"## flow_grpo_step — {utc_date()}", "",
-                 f"- command: `{env + ' ' if env else ''}{cmd}`",
-                 f"- hardware: {hw}",
-                 f"- python {platform.python_version()}, {platform.platform()}", ""]
-        entry += lines + [""]
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        new = not DOC.exists()
-        with DOC.open("a") as f:
-            if new:
-                f.write(DOC_HEADER + "\n")
-            f.write("\n".join(entry) + "\n")
-        print(f"[bench] recorded in {DOC}")
+        import torch
+
+        record_entry("flow_grpo_step", lines, hardware=f"{cpu_model()}, {os.cpu_count()} logical cores; torch "
+                     f"{torch.__version__}, {torch.get_num_threads()} intra-op thread(s), device {main_tr.device}")
     return 0
 
 

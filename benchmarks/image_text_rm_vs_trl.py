@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -51,7 +49,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 LABEL_RECIPE = "reward_models/digit_preference/label.yaml"
 JUDGE_RECIPE = "recipes/eval/digit_judge.yaml"
 
-from benchmarks.flow_grpo_step import cpu_model, peak_rss_mib, utc_date  # noqa: E402
+from benchmarks.flow_grpo_step import cpu_model, peak_rss_mib, record_entry  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -382,19 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
         import trl as trl_pkg
 
-        cmd = "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT) if sys.argv[0] else "", *sys.argv[1:]])
-        env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "GENRL_CACHE") if k in os.environ)
-        hw = (f"2 vCPU, no GPU ({cpu_model()}, {os.cpu_count()} logical cores); torch {torch.__version__}, "
-              f"{torch.get_num_threads()} intra-op thread(s); transformers {transformers.__version__}, "
-              f"trl {trl_pkg.__version__}")
-        entry = [f"## image_text_rm_vs_trl — {utc_date()}", "",
-                 f"- command: `{env + ' ' if env else ''}{cmd}`",
-                 f"- hardware: {hw}",
-                 f"- python {platform.python_version()}, {platform.platform()}", "",
-                 *lines, ""]
-        with DOC.open("a") as f:  # append only: other entries are left as they are
-            f.write("\n" + "\n".join(entry))
-        print(f"[bench] recorded in {DOC}")
+        record_entry("image_text_rm_vs_trl", lines, hardware=(
+            f"2 vCPU, no GPU ({cpu_model()}, {os.cpu_count()} logical cores); torch {torch.__version__}, "
+            f"{torch.get_num_threads()} intra-op thread(s); transformers {transformers.__version__}, "
+            f"trl {trl_pkg.__version__}"))
     return 0
 
 

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, reset_accelerate
+from tests.helpers import ROOT, reset_accelerate, train_end_to_end
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -34,12 +31,4 @@ def quickstart(tmp_path_factory):
     """The quick start, run once per test session (as on a fresh machine: it builds its own models)."""
     work = tmp_path_factory.mktemp("quickstart")
     cache = os.environ.get("GENRL_CACHE") or str(tmp_path_factory.getbasetemp() / "genrl_cache")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENRL_CACHE": cache}
-    run = work / "run"
-    proc = subprocess.run([sys.executable, "-m", "genrl.cli", "train", str(ROOT / "recipes/quickstart.yaml"),
-                           "--run-dir", str(run), "logging.progress=false"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    before = json.loads((run / "eval" / "before.json").read_text())
-    after = json.loads((run / "eval" / "after.json").read_text())
-    return run, before, after, proc.stdout
+    return train_end_to_end(ROOT / "recipes/quickstart.yaml", work, cache)

@@ -45,3 +45,18 @@ def run_genrl(*args, cwd, check: bool = True, timeout: float = 600) -> subproces
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
+
+
+def train_end_to_end(recipe: Path, work: Path, cache: str, *overrides: str) -> tuple[Path, dict, dict, str]:
+    """``genrl train RECIPE`` in a fresh process, as a user runs it; (run dir, eval before, eval after, stdout)."""
+    import json
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENRL_CACHE": cache}
+    run = work / "run"
+    proc = subprocess.run([sys.executable, "-m", "genrl.cli", "train", str(recipe), "--run-dir", str(run),
+                           *overrides, "logging.progress=false"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    before = json.loads((run / "eval" / "before.json").read_text())
+    after = json.loads((run / "eval" / "after.json").read_text())
+    return run, before, after, proc.stdout

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from genrl.preference.models.base import read_model_info
-from tests.helpers import ROOT
+from tests.helpers import ROOT, train_end_to_end
 
 pytestmark = pytest.mark.slow
 
@@ -26,17 +24,10 @@ pytestmark = pytest.mark.slow
 def learned_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("learned_reward")
     cache = os.environ.get("GENRL_CACHE") or str(tmp_path_factory.getbasetemp() / "genrl_cache")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENRL_CACHE": cache}
-    run = work / "run"
     # 50 steps instead of the recipe's 80, and 50 eval samples per digit: the CI-sized version.
-    proc = subprocess.run([sys.executable, "-m", "genrl.cli", "train", str(ROOT / "recipes/flow_grpo_learned_reward.yaml"),
-                           "--run-dir", str(run), "trainer.steps=50", "eval.n_per_prompt=50", "logging.progress=false"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    manifest = json.loads((run / "manifest.json").read_text())
-    before = json.loads((run / "eval" / "before.json").read_text())
-    after = json.loads((run / "eval" / "after.json").read_text())
-    return manifest, before, after
+    run, before, after, _ = train_end_to_end(ROOT / "recipes/flow_grpo_learned_reward.yaml", work, cache,
+                                             "trainer.steps=50", "eval.n_per_prompt=50")
+    return json.loads((run / "manifest.json").read_text()), before, after
 
 
 def test_reward_model_agrees_with_the_oracle_on_held_out_pairs(learned_run):

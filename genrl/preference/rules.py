@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -166,8 +163,9 @@ class HTTPJudge:
     """A judge behind a local HTTP endpoint (e.g. a small server in front of a VLM).
 
     POSTs ``{"a": [...], "b": [...], "contexts": [...]}`` (nested lists) in batches and expects
-    ``{"decisions": ["a" | "b" | "tie" | null, ...]}``. Failed or late batches are retried, then
-    left undecided and counted — never a hang, never a crash.
+    ``{"decisions": ["a" | "b" | "tie" | null, ...]}``. Connection errors and 5xx answers are retried;
+    a batch that still fails, answers late or answers malformed data is left undecided and counted —
+    never a hang, never a crash.
     """
 
     @dataclass(kw_only=True)
@@ -175,7 +173,7 @@ class HTTPJudge:
         url: str = option(help="Endpoint of the judge (http:// or https://).")
         batch_size: int = option(default=64, help="Pairs per request.")
         timeout_s: float = option(default=60.0, help="Seconds to wait for one answer.")
-        retries: int = option(default=2, help="Retries of a failed request (exponential backoff from 0.5 s).")
+        retries: int = option(default=2, help="Retries after a connection error or a 5xx answer (backoff from 0.5 s).")
 
         def validate(self) -> None:
             super().validate()
@@ -189,23 +187,21 @@ class HTTPJudge:
         self.last_failures = 0
 
     def _ask(self, a: torch.Tensor, b: torch.Tensor, contexts) -> torch.Tensor:
+        from genrl.rewards.external import post_json
+
         ctx = contexts.tolist() if torch.is_tensor(contexts) else list(contexts)
         body = json.dumps({"a": a.tolist(), "b": b.tolist(), "contexts": ctx}).encode()
-        for attempt in range(self.config.retries + 1):
-            request = urllib.request.Request(self.config.url, data=body, headers={"Content-Type": "application/json"})
+        answer, why, tries = post_json(self.config.url, body, timeout_s=self.config.timeout_s,
+                                       retries=self.config.retries, backoff_s=0.5)
+        if why is None:
             try:
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
-                    answer = json.loads(resp.read(10_000_000))
                 return _decode(answer.get("decisions") if isinstance(answer, dict) else None, len(a),
                                f"judge {self.config.url}")
-            except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-                if attempt == self.config.retries:
-                    print(f"[genrl] judge {self.config.url} failed after {attempt + 1} tries: {exc!r}; "
-                          f"{len(a)} pairs left undecided")
-                    self.last_failures += len(a)
-                    return torch.full((len(a),), UNDECIDED, dtype=torch.long)
-                time.sleep(0.5 * 2 ** attempt)
-        raise AssertionError("unreachable")
+            except ValueError as exc:
+                why = str(exc)
+        print(f"[genrl] judge {self.config.url} failed after {tries} tries: {why}; {len(a)} pairs left undecided")
+        self.last_failures += len(a)
+        return torch.full((len(a),), UNDECIDED, dtype=torch.long)
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor, contexts) -> torch.Tensor:
         self.last_failures = 0

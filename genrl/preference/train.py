@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import time
@@ -133,22 +132,11 @@ def load_pairs_for(recipe: RewardTrainRecipe, recipe_file: str | None) -> tuple[
     return pairs.select(torch.where(~is_eval)[0]), pairs.select(torch.where(is_eval)[0]), provenance
 
 
-def _lr_lambda(schedule: str, warmup: int, total: int):
-    def f(update: int) -> float:
-        if update < warmup:
-            return (update + 1) / warmup
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * (update - warmup) / max(1, total - warmup)))
-        return 1.0
-
-    return f
-
-
 class RewardModelTrainer:
     def __init__(self, recipe: RewardTrainRecipe, *, recipe_file: str, run_dir: str | None = None) -> None:
         from accelerate import Accelerator
 
-        from genrl.trainer.loop import enable_deterministic_mode
+        from genrl.trainer.loop import enable_deterministic_mode, lr_lambda
 
         self.recipe, self.recipe_file = recipe, recipe_file
         self.resolved = to_dict(recipe)
@@ -187,7 +175,7 @@ class RewardModelTrainer:
             raise RecipeError(recipe_file, "model", str(exc)) from None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(tc.lr_schedule, tc.warmup_steps, self.total_updates))
+            self.optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, self.total_updates))
         self.engine, self.optimizer = self.acc.prepare(self.model.to(self.device), self.optimizer)
         self.step = 0
 

@@ -58,6 +58,28 @@ class PythonFileReward:
         return torch.as_tensor(self.fn(images, prompts), dtype=torch.float32)
 
 
+def post_json(url: str, body: bytes, *, timeout_s: float, retries: int = 0,
+              backoff_s: float = 0.2) -> tuple[object, str | None, int]:
+    """POST JSON; (answer, None, tries) or (None, why, tries). Connection errors and 5xx answers are
+    retried with exponential backoff; a late answer (socket timeout), a 4xx or non-JSON is not."""
+    for attempt in range(retries + 1):
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+                return json.loads(resp.read(10_000_000)), None, attempt + 1
+        except urllib.error.HTTPError as exc:
+            why, transient = f"HTTP {exc.code}", exc.code >= 500
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            why, transient = repr(reason), not isinstance(reason, TimeoutError)
+        except ValueError as exc:  # not JSON
+            why, transient = repr(exc), False
+        if not transient or attempt == retries:
+            return None, why, attempt + 1
+        time.sleep(backoff_s * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 @REWARDS.register("http")
 class HTTPReward:
     """POSTs ``{"images": [[...]], "prompts": [...]}`` as JSON and expects ``{"rewards": [B floats]}``."""
@@ -85,31 +107,13 @@ class HTTPReward:
         self.config = config
         self.__name__ = f"http:{config.url}"
 
-    def _post(self, body: bytes) -> tuple[object, str | None, bool]:
-        """(answer, None, _) or (None, why, transient): transient failures are worth another try."""
-        request = urllib.request.Request(self.config.url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
-                return json.loads(resp.read(10_000_000)), None, False
-        except urllib.error.HTTPError as exc:
-            return None, f"HTTP {exc.code}", exc.code >= 500
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            reason = getattr(exc, "reason", exc)  # a socket timeout (an OSError too) is late, not retried
-            return None, repr(reason), not isinstance(reason, TimeoutError)
-        except ValueError as exc:  # not JSON
-            return None, repr(exc), False
-
     def __call__(self, images: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         body = json.dumps({"images": images.tolist(), "prompts": prompts.tolist()}).encode()
         nan = torch.full((len(prompts),), float("nan"))
-        for attempt in range(self.config.max_retries + 1):
-            answer, why, transient = self._post(body)
-            if why is None or not transient or attempt == self.config.max_retries:
-                break
-            time.sleep(self.config.retry_backoff_s * 2**attempt)
+        answer, why, tries = post_json(self.config.url, body, timeout_s=self.config.timeout_s,
+                                       retries=self.config.max_retries, backoff_s=self.config.retry_backoff_s)
         if why is not None:
-            tries = f" after {attempt + 1} tries" if attempt else ""
-            print(f"[genrl] reward server {self.config.url} failed{tries}: {why}")
+            print(f"[genrl] reward server {self.config.url} failed{f' after {tries} tries' if tries > 1 else ''}: {why}")
             return nan
         values = answer.get("rewards") if isinstance(answer, dict) else None
         if (not isinstance(values, list) or len(values) != len(prompts)

@@ -57,7 +57,8 @@ def enable_deterministic_mode() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _lr_lambda(schedule: str, warmup: int, total: int):
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the base LR at update u: linear warm-up, then constant or cosine to 0."""
     def f(update: int) -> float:
         if update < warmup:
             return (update + 1) / warmup
@@ -135,7 +136,7 @@ class Trainer:
                                            eps=tc.adam_eps, weight_decay=tc.weight_decay)
         updates_per_step = tc.inner_epochs * (tc.prompts_per_step * tc.group_size // tc.minibatch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps * updates_per_step))
+            self.optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps * updates_per_step))
         self.deepspeed = self.acc.state.deepspeed_plugin is not None
         self.zero3 = self.deepspeed and self.acc.state.deepspeed_plugin.zero_stage == 3
         self.fsdp = str(getattr(self.acc.distributed_type, "value", self.acc.distributed_type)) == "FSDP"
