@@ -271,3 +271,37 @@ def test_incompatible_reward_model_fails_before_training(tmp_path: Path) -> None
     with pytest.raises(RecipeError, match=r"rewards\[0\]\.path: the reward model .* \[6, 1, 16, 16\]"):
         Trainer(config, recipe_file=str(rl), run_dir=str(tmp_path / "rl"))
     assert not (tmp_path / "rl" / "manifest.json").exists()
+
+
+def test_auxiliary_losses_declared_by_an_architecture_are_weighted_into_the_loss(tmp_path: Path) -> None:
+    """Gen-Drive's scene evaluator adds plan reconstruction this way: aux_columns + aux_losses()."""
+    from dataclasses import dataclass
+
+    from genrl.config.validate import option
+    from genrl.preference.models.image import ImagePreferenceModel
+    from genrl.registry import REWARD_MODELS
+
+    if "test_aux_image" not in REWARD_MODELS:
+        @REWARD_MODELS.register("test_aux_image")
+        class AuxModel(ImagePreferenceModel):
+            aux_columns = ("target",)
+
+            @dataclass
+            class Config(ImagePreferenceModel.Config):
+                scale: float = option(default=1.0, help="Scale of the auxiliary loss.")
+
+            def aux_losses(self, batch):
+                return {"recon": self.config.scale * (batch["target"] - 0.25).pow(2).mean()}
+
+    pairs = _image_pairs(8)
+    pairs.extra = {"target": torch.full((8,), 1.25)}  # (1.25 - 0.25)^2 = 1.0 on every row
+    save_pairs(pairs, tmp_path / "aux", "arrow")
+    raw = {"kind": "preference_reward", "data": {"path": str(tmp_path / "aux"), "eval_fraction": 0.25},
+           "model": {"name": "test_aux_image", "channels": 4, "hidden": 8, "scale": 2.0},
+           "loss": {"aux_weights": {"recon": 0.5}}, "trainer": {"epochs": 1, "batch_size": 4}}
+    (tmp_path / "aux.yaml").write_text(yaml.safe_dump(raw))
+    recipe, _ = load_recipe(tmp_path / "aux.yaml", RewardTrainRecipe)
+    trainer = RewardModelTrainer(recipe, recipe_file=str(tmp_path / "aux.yaml"), run_dir=str(tmp_path / "run"))
+    metrics = trainer.train_update(0)
+    assert metrics["loss/aux/recon"] == pytest.approx(2.0)
+    assert metrics["loss/total"] == pytest.approx(metrics["loss/bt"] + 0.5 * 2.0, rel=1e-5)
