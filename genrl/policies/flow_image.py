@@ -295,26 +295,31 @@ class FlowImagePolicy:
         ids = sample_ids.tolist()
         x = keyed_normal(self.image_shape, seed, Purpose.INIT_NOISE, step, ids, device=self.device)
         traj, log_probs = [x], torch.zeros(len(x), self.config.num_steps, device=self.device)
+        old_means = {}  # Gaussian means of the trained steps (GRPO-Guard's ratio normalisation needs mu_old)
         rule, level = explorer_config.noise_rule, explorer_config.noise_level
         for t in range(self.config.num_steps):
             sigma, sigma_next = self.sigmas[t], self.sigmas[t + 1]
             v = self.velocity(model, x, sigma, labels)
             if plan.stochastic[t]:
                 noise = keyed_normal(self.image_shape, seed, Purpose.STEP_NOISE, step, ids, t, device=self.device)
-                x, lp, _, _ = sde_step(x, v, sigma.expand(len(x)), sigma_next.expand(len(x)),
-                                       sigma_max=float(self.sigmas[1]), rule=rule, noise_level=level, noise=noise)
+                x, lp, mean, _ = sde_step(x, v, sigma.expand(len(x)), sigma_next.expand(len(x)),
+                                          sigma_max=float(self.sigmas[1]), rule=rule, noise_level=level, noise=noise)
                 if lp is not None:
                     log_probs[:, t] = lp
+                if t in plan.train_steps:
+                    old_means[t] = mean
             else:
                 x, _, _, _ = sde_step(x, v, sigma.expand(len(x)), sigma_next.expand(len(x)),
                                       sigma_max=float(self.sigmas[1]), rule=rule, noise_level=0.0)
             traj.append(x)
-        meta = {"train_steps": list(plan.train_steps), "noise_rule": rule, "noise_level": level}
-        return Rollout(
-            {"prompts": labels, "sample_ids": sample_ids.to(self.device), "latents": torch.stack(traj, 1),
-             "log_probs": log_probs, "images": self.to_images(x)},
-            meta,
-        )
+        # step/seed let forward-process objectives (DiffusionNFT) key their fresh noise like the sampler's
+        meta = {"train_steps": list(plan.train_steps), "noise_rule": rule, "noise_level": level,
+                "step": step, "seed": seed}
+        tensors = {"prompts": labels, "sample_ids": sample_ids.to(self.device), "latents": torch.stack(traj, 1),
+                   "log_probs": log_probs, "images": self.to_images(x)}
+        if old_means and len(old_means) == len(plan.train_steps):
+            tensors["old_means"] = torch.stack([old_means[t] for t in plan.train_steps], 1)  # [B, W, ...]
+        return Rollout(tensors, meta)
 
     def score(self, batch: Rollout, *, reference: bool = False) -> dict[str, torch.Tensor]:
         """Log-probs (and Gaussian means/stds) of the stored transitions at the trained steps.
