@@ -41,6 +41,7 @@ leaves the optimum at v* = v_old (the paper's v* = v_old + (2/beta) Delta with D
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -79,16 +80,16 @@ class DiffusionNFT:
         beta: float = option(default=1.0, help="Guidance strength beta of v+/v- (paper 0.1..1; [code] default 1).")
         adv_clip: float = option(
             default=5.0, help="r = 1/2 + 1/2 clip(A / adv_clip, -1, 1); also the loss scale adv_clip / beta.")
-        time_sampling: str = option(
+        time_sampling: Literal["schedule", "uniform"] = option(
             default="schedule", help="'schedule': t from the sampler's sigmas (as [code]); 'uniform': U(t_min, t_max).")
         timestep_fraction: float = option(
             default=1.0, help="Share of the sampler's steps trained per sample and call (schedule sampling).")
         num_timesteps: int = option(default=2, help="Timesteps per sample and call for uniform sampling.")
         t_min: float = option(default=0.0, help="Lower bound of uniform time sampling.")
         t_max: float = option(default=1.0, help="Upper bound of uniform time sampling.")
-        weighting: str = option(
+        weighting: Literal["adaptive", "none"] = option(
             default="adaptive", help="'adaptive': x0 loss / sg(mean |x0 error|) (paper + [code]); 'none': velocity MSE.")
-        old_policy: str = option(
+        old_policy: Literal["rollout", "ema"] = option(
             default="rollout", help="'rollout': v_old from the weights that sampled the step; 'ema': soft copy.")
         old_decay_rate: float = option(default=0.001, help="ema: decay grows by this per training step ...")
         old_decay_max: float = option(default=0.5, help="ema: ... up to this cap ([code] decay_type 1: 0.001, 0.5).")
@@ -99,18 +100,12 @@ class DiffusionNFT:
                 raise ValueError("beta: must be > 0")
             if self.adv_clip <= 0:
                 raise ValueError("adv_clip: must be > 0")
-            if self.time_sampling not in ("schedule", "uniform"):
-                raise ValueError("time_sampling: must be 'schedule' or 'uniform'")
             if not 0 < self.timestep_fraction <= 1:
                 raise ValueError("timestep_fraction: must be in (0, 1]")
             if self.num_timesteps < 1:
                 raise ValueError("num_timesteps: must be >= 1")
             if not 0 <= self.t_min < self.t_max <= 1:
                 raise ValueError("t_max: need 0 <= t_min < t_max <= 1")
-            if self.weighting not in ("adaptive", "none"):
-                raise ValueError("weighting: must be 'adaptive' or 'none'")
-            if self.old_policy not in ("rollout", "ema"):
-                raise ValueError("old_policy: must be 'rollout' or 'ema'")
             if not 0 <= self.old_decay_max < 1 or self.old_decay_rate < 0:
                 raise ValueError("old_decay_max: need 0 <= old_decay_max < 1 and old_decay_rate >= 0")
             if self.kl_beta < 0:
