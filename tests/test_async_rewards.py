@@ -261,3 +261,23 @@ def test_http_reward_retries_connection_errors_and_5xx_with_backoff():
     t0 = time.perf_counter()
     assert torch.isnan(down(images, prompts)).all()  # connection refused, 3 tries, then NaN
     assert time.perf_counter() - t0 < 2
+
+
+def test_group_wise_reward_across_processes_needs_whole_groups_per_process(tmp_path):
+    """3 prompts over 2 processes would cut a group in two: refused before any work, naming the key."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import SMOKE
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           "-m", "genrl.cli", "train", str(SMOKE), "--run-dir", str(tmp_path / "run"), "trainer.prompts_per_step=3",
+           "trainer.minibatch_size=12", "trainer.micro_batch_size=6",
+           "rewards=[{name: group_rank, of: {name: stroke_crispness}}]"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert ("trainer.prompts_per_step: expected a multiple of the 2 processes: the group-wise reward(s) "
+            "['group_rank'] need every process's shard to hold whole groups") in proc.stderr
+    assert not (tmp_path / "run" / "manifest.json").exists()

@@ -124,6 +124,12 @@ class Trainer:
             fn = build_reward(spec.name, spec.config, device=self.device, **extra)  # executor: process -> a worker
             components.append((spec.name, fn, spec.config.weight, spec.config))
         self.rewards = RewardSet(components, max_invalid_share=tc.max_invalid_reward_share)
+        groupwise = [spec.name for spec in recipe.rewards if getattr(REWARDS.get(spec.name), "groupwise", False)]
+        if groupwise and tc.prompts_per_step % self.world:
+            # Each process scores its own shard: a group cut between two processes would be ranked in halves.
+            raise RecipeError(recipe_file, "trainer.prompts_per_step",
+                              f"expected a multiple of the {self.world} processes: the group-wise reward(s) "
+                              f"{groupwise} need every process's shard to hold whole groups")
         self.advantage = ADVANTAGES.get(recipe.advantage.name)(recipe.advantage.config)
         self.objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
         if getattr(self.objective, "needs_reference", False):
