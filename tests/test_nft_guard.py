@@ -150,3 +150,24 @@ def test_diffusion_nft_trains_through_the_unchanged_loop_with_an_ode_sampler(tmp
 def test_flow_grpo_with_guard_trains_through_the_unchanged_loop(tmp_path):
     rows = _trains(tmp_path, "objective.guard=true")
     assert "ratio/step_00/mean" in rows[0] or any(k.startswith("ratio/") for k in rows[0])
+
+
+def test_nft_soft_old_policy_is_checkpointed_and_a_resumed_run_ends_identical(tmp_path):
+    """old_policy: ema keeps state across steps; it goes into objective.safetensors, so resume is exact."""
+    from tests.helpers import reset_accelerate
+
+    overrides = ("trainer.steps=3", "trainer.checkpoint_every=0", "trainer.inner_epochs=1", "explorer.noise_level=0",
+                 "objective={name: diffusion_nft, timestep_fraction: 0.5, old_policy: ema, old_decay_rate: 0.2}")
+    make_trainer(tmp_path / "full", *overrides).train()
+    reset_accelerate()
+    assert make_trainer(tmp_path / "part", *overrides).train(until_step=2)["stopped_at"] == 2
+    saved = load_tensors(latest_checkpoint(tmp_path / "part") / "objective.safetensors")
+    assert int(saved["steps_seen"]) == 2 and any(k.startswith("old.") for k in saved)
+    reset_accelerate()
+    make_trainer(tmp_path / "part", *overrides).train()
+    a = load_tensors(latest_checkpoint(tmp_path / "full") / "policy.safetensors")
+    b = load_tensors(latest_checkpoint(tmp_path / "part") / "policy.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = load_tensors(latest_checkpoint(tmp_path / "full") / "objective.safetensors")
+    d = load_tensors(latest_checkpoint(tmp_path / "part") / "objective.safetensors")
+    assert c.keys() == d.keys() and all(torch.equal(c[k], d[k]) for k in c)

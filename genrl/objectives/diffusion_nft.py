@@ -29,8 +29,8 @@ step's rollout (a snapshot taken at the step's first objective call: the paper's
 [code]'s decay 0). ``old_policy: ema`` keeps a soft copy updated once per training step,
 theta_old <- d theta_old + (1 - d) theta with d = min(old_decay_rate * k, old_decay_max) at the k-th step
 ([code]'s ``decay_type`` schedule; [code] counts gradient updates, we count training steps). Deviation: the
-shared loop samples with theta, so with ``ema`` the rollouts come from theta, not theta_old, and the soft copy is
-not checkpointed (a resumed run restarts it from the resumed weights).
+shared loop samples with theta, so with ``ema`` the rollouts come from theta, not theta_old. The soft copy is
+checkpointed (``state_dict``: RUN_DIR/checkpoints/*/objective.safetensors), so a resumed run continues it exactly.
 
 Identity used by the tests: with r = 1/2 everywhere and ``weighting: none``,
     d/d theta [ 1/2 |v+ - v|^2 + 1/2 |v- - v|^2 ] = beta (v+ - v-) . d v_theta = beta^2 d/d theta |v_theta - v_old|^2,
@@ -120,10 +120,13 @@ class DiffusionNFT:
         self._step: int | None = None
         self._steps_seen = 0
         self._draws: dict[int, int] = {}
+        self._placed = True
 
     # ------------------------------------------------------------- old policy
     def _begin_step(self, policy, step) -> None:
         """First call of a training step: the current weights are the ones that sampled its rollout."""
+        if self._old is not None and not self._placed:
+            self._place(policy)
         if step == self._step and self._old is not None:
             return
         self._step, self._draws = step, {}
@@ -136,6 +139,31 @@ class DiffusionNFT:
                 for n, p in params.items():
                     self._old[n].mul_(d).add_(p.detach(), alpha=1 - d)
         self._steps_seen += 1
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The soft copy (``ema``) and its step count, so a resumed run continues it exactly; ``rollout``
+        mode has no state (its snapshot is retaken at the next step's first call)."""
+        from genrl.trainer.checkpoint import full_tensor
+
+        if self.config.old_policy != "ema" or self._old is None:
+            return {}
+        return {"steps_seen": torch.tensor(self._steps_seen), "step": torch.tensor(-1 if self._step is None else self._step),
+                **{f"old.{n}": full_tensor(t).cpu() for n, t in self._old.items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            return
+        self._steps_seen, self._step = int(state["steps_seen"]), int(state["step"])
+        self._old = {k[len("old."):]: v for k, v in state.items() if k.startswith("old.")}
+        self._placed = False  # laid out like the live parameters at the next call
+
+    def _place(self, policy) -> None:
+        from genrl.trainer.checkpoint import shard_like
+
+        params = policy.trainable_parameters()
+        self._old = {n: shard_like(self._old[n].to(p.device, p.dtype), p) for n, p in params.items()}
+        self._placed = True
 
     @torch.no_grad()
     def _old_velocity(self, policy, x, sigma, labels) -> torch.Tensor:

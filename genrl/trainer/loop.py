@@ -335,6 +335,8 @@ class Trainer:
         with self._gathered():  # collective under ZeRO-3: every rank enters it
             weights = self.policy.trainable_state_dict() if gather else None
         ema = self.ema.state_dict() if self.ema is not None and gather else None
+        # Objectives with state of their own (DiffusionNFT's soft old policy) checkpoint it here.
+        objective_state = self.objective.state_dict() if gather and hasattr(self.objective, "state_dict") else {}
         opt_tensors = opt_meta = None
         if gather and not (self.deepspeed and self.world > 1):  # ZeRO partitions live on every rank: see docs
             opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self._raw_optimizer)
@@ -344,6 +346,8 @@ class Trainer:
                 files["ema.safetensors"] = ema
             if opt_tensors is not None:
                 files["optimizer.safetensors"] = opt_tensors
+            if objective_state:
+                files["objective.safetensors"] = objective_state
             files["rng.safetensors"] = {"torch_cpu": torch.get_rng_state()}
             state = {"step": self.step, "data_position": self.step, "optimizer": opt_meta,
                      "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
@@ -400,6 +404,8 @@ class Trainer:
                 ckpt.reshard_optimizer_state(self._raw_optimizer)
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
         self.advantage.load_state_dict(state["advantage"])
+        if (path / "objective.safetensors").is_file() and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(ckpt.load_tensors(path / "objective.safetensors"))
         self.rewards.invalid_count, self.rewards.total_count = state["rewards"]["invalid"], state["rewards"]["total"]
         self.faults.load_state_dict(state.get("faults", {}))
         torch.set_rng_state(ckpt.load_tensors(path / "rng.safetensors")["torch_cpu"])
