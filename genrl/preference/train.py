@@ -275,8 +275,7 @@ class RewardModelTrainer:
 
         path = None
         if self.is_main:
-            opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(self.optimizer.optimizer
-                                                                 if hasattr(self.optimizer, "optimizer") else self.optimizer)
+            opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(ckpt.unwrap_optimizer(self.optimizer))
             meta = {"format": "genrl-checkpoint/1", "kind": "preference_reward",
                     "architecture": self.recipe.model.name, "step": self.step, "recipe_hash": run_hash(self.resolved)}
             state = {"step": self.step, "optimizer": opt_meta,
@@ -299,7 +298,7 @@ class RewardModelTrainer:
                                        f"the recipe trains preference_reward/{self.recipe.model.name}")
         self.model.load_state_dict(ckpt.load_tensors(path / "model.safetensors"))
         state = ckpt.read_json(path / "trainer_state.json")
-        raw = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        raw = ckpt.unwrap_optimizer(self.optimizer)
         raw.load_state_dict(ckpt.optimizer_state_from_flat(ckpt.load_tensors(path / "optimizer.safetensors"),
                                                            state["optimizer"], raw.state_dict()))
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
@@ -310,15 +309,7 @@ class RewardModelTrainer:
         from genrl.trainer import checkpoint as ckpt
         from genrl.trainer.manifest import determinism_statement, new_manifest, open_session
 
-        latest = None
-        if resume:
-            for path in reversed(ckpt.list_checkpoints(self.run_dir)):
-                try:
-                    self.load_checkpoint(path)
-                    latest = path
-                    break
-                except ckpt.CheckpointError as exc:
-                    print(f"[genrl] checkpoint {path.name} is unusable ({exc}); trying the previous one")
+        latest, notes = ckpt.resume_newest(self.run_dir, self.load_checkpoint) if resume else (None, [])
         if latest is not None and self.is_main:
             print(f"[genrl] resuming {self.run_dir} from {latest.name}")
 
@@ -332,7 +323,7 @@ class RewardModelTrainer:
                                                   remote_rewards=[]))
 
         self.manifest = open_session(self.run_dir, self.resolved, resumed=latest is not None, step=self.step,
-                                     world_size=self.world, make_manifest=fresh, write=self.is_main)
+                                     world_size=self.world, make_manifest=fresh, write=self.is_main, notes=notes)
         if self.is_main:
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
 

@@ -193,6 +193,31 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, dict[str, torch.
     return final
 
 
+def resume_newest(run_dir: Path, load) -> tuple[Path | None, list[str]]:
+    """Call ``load(path)`` on the newest checkpoint that verifies; report (and skip) corrupted ones.
+
+    Returns (the loaded checkpoint or None if the run has none, notes on the skipped ones). A run whose
+    checkpoints are all unusable raises: starting it afresh would silently overwrite it."""
+    notes = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            load(path)
+        except CheckpointError as exc:
+            note = f"checkpoint {path.name} is unusable ({exc}); falling back to the previous one"
+            print(f"[genrl] {note}")
+            notes.append(note)
+            continue
+        return path, notes
+    if notes:
+        raise CheckpointError(f"{run_dir}: no usable checkpoint: " + "; ".join(notes))
+    return None, notes
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside Accelerate's (or DeepSpeed's) wrapper, whose state dict is saved."""
+    return optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+
 def read_json(path: Path) -> Any:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: missing")

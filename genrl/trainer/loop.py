@@ -381,7 +381,7 @@ class Trainer:
 
     @property
     def _raw_optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        return ckpt.unwrap_optimizer(self.optimizer)
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt.verify_checkpoint(path)  # exactly the files genrl wrote, with their hashes; nothing foreign
@@ -439,19 +439,7 @@ class Trainer:
 
     def _resume(self) -> tuple[Path | None, list[str]]:
         """Load the newest checkpoint that verifies; report (and skip) corrupted ones."""
-        notes = []
-        for path in reversed(ckpt.list_checkpoints(self.run_dir)):
-            try:
-                self.load_checkpoint(path)
-            except ckpt.CheckpointError as exc:
-                note = f"checkpoint {path.name} is unusable ({exc}); falling back to the previous one"
-                print(f"[genrl] {note}")
-                notes.append(note)
-                continue
-            return path, notes
-        if notes:
-            raise ckpt.CheckpointError(f"{self.run_dir}: no usable checkpoint: " + "; ".join(notes))
-        return None, notes
+        return ckpt.resume_newest(self.run_dir, self.load_checkpoint)
 
     # ------------------------------------------------------------------ run
     def _start_run_dir(self, resume_from: Path | None, notes: list[str]) -> None:
