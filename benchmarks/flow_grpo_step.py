@@ -160,7 +160,7 @@ class Floor:
         self.lora = pol.config.lora is not None
         self.ref = None
         if self.kl and not self.lora:
-            self.ref = pol.ref_transformer if pol.ref_transformer is not None else (
+            self.ref = pol.ref_module if pol.ref_module is not None else (
                 copy.deepcopy(pol.transformer).requires_grad_(False).eval())
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,

@@ -65,7 +65,18 @@ class TrainerConfig:
              "costs padded network rows (policy.forward_chunk); group-wise rewards then wait for the last piece.",
     )
 
+    dynamic_sampling: bool = option(
+        default=False,
+        help="DAPO dynamic sampling: groups whose rewards all agree are dropped and refilled with fresh prompts "
+             "(more rollouts per step, up to dynamic_sampling_rounds); the zero-std share is logged before and after.",
+    )
+    dynamic_sampling_rounds: int = option(
+        default=3, help="Rollouts per step at most under dynamic sampling (the first + refills); short batches are "
+                        "topped up with dropped groups, which get zero advantage.")
+
     def validate(self) -> None:
+        if self.dynamic_sampling_rounds < 1:
+            raise ValueError("dynamic_sampling_rounds: must be >= 1")
         for name in ("steps", "prompts_per_step", "group_size", "minibatch_size", "micro_batch_size", "inner_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1")

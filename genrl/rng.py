@@ -26,6 +26,8 @@ class Purpose(IntEnum):
     WINDOW = 5
     EVAL = 6
     DATA = 7
+    IMAGE_NOISE = 8  # VLM noisy image branches
+    BRANCH = 9  # which rows/groups see the noisy branch
 
 
 def key_seed(seed: int, *keys: int) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from genrl.models.flow_dit import (
     load_prompt_encoder,
     save_prompt_encoder,
 )
+from genrl.policies.weights import TrainableWeights
 from genrl.registry import POLICIES
 from genrl.rng import Purpose, keyed_normal
 from genrl.trainer.rollout import Rollout
@@ -60,7 +60,7 @@ def read_checkpoint_meta(path: Path) -> dict:
 
 
 @POLICIES.register("flow_image")
-class FlowImagePolicy:
+class FlowImagePolicy(TrainableWeights):
     """Class/prompt-conditioned flow-matching image generator as a stochastic policy."""
 
     @dataclass
@@ -105,7 +105,6 @@ class FlowImagePolicy:
         self.scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
         self.scheduler.set_timesteps(config.num_steps)
         self.sigmas = self.scheduler.sigmas.float().to(self.device)
-        self.ref_transformer: nn.Module | None = None
         if config.lora is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -202,42 +201,6 @@ class FlowImagePolicy:
     def frozen_checkpoint_files(self) -> dict[str, dict[str, torch.Tensor]]:
         """Frozen parts a checkpoint must carry to be sampled on its own (not in the optimizer)."""
         return {"prompt_encoder.safetensors": {k: v.detach().cpu() for k, v in self.prompt_encoder.state_dict().items()}}
-
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full (unsharded) copies on the CPU; a collective under FSDP, where every rank calls it."""
-        from genrl.trainer.checkpoint import full_tensor
-
-        return {n: full_tensor(p.detach()).cpu().clone() for n, p in self.trainable_parameters().items()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = self.trainable_parameters()
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise ValueError(f"policy weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        from genrl.trainer.checkpoint import shard_like
-
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(shard_like(state[n].to(p.device, p.dtype), p))
-
-    def make_reference(self) -> None:
-        """Full fine-tuning keeps a frozen copy as the KL reference; LoRA disables its adapter instead."""
-        if self.config.lora is None and self.ref_transformer is None:
-            self.ref_transformer = copy.deepcopy(self.transformer).requires_grad_(False).eval()
-
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[nn.Module]:
-        if self.config.lora is not None:
-            with self.transformer.disable_adapter():
-                yield self.transformer
-        else:
-            if self.ref_transformer is None:
-                raise RuntimeError("reference policy requested but make_reference() was not called")
-            yield self.ref_transformer
 
     # -------------------------------------------------------------- the network
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-JOB_KINDS = ("digit_classifier", "flow_image")
+JOB_KINDS = ("digit_classifier", "flow_image", "vlm_sft")
 
 
 def pretrain_job(kind: object) -> tuple[type, Callable[[object, Path], None]] | None:
@@ -18,4 +18,8 @@ def pretrain_job(kind: object) -> tuple[type, Callable[[object, Path], None]] | 
         from genrl.pretrain.classifier import ClassifierRecipe, build_classifier
 
         return ClassifierRecipe, build_classifier
+    if kind == "vlm_sft":
+        from genrl.pretrain.vlm_sft import VLMSFTRecipe, build_vlm_sft
+
+        return VLMSFTRecipe, build_vlm_sft
     return None

@@ -1,3 +1,4 @@
 """Prompt sources: what each training step conditions on."""
 
 from genrl.prompts.classes import ClassPrompts  # noqa: F401
+from genrl.prompts.visual_arithmetic import VisualArithmeticPrompts  # noqa: F401

@@ -29,9 +29,10 @@ class ClassPrompts:
         self.config = config
         self.seed = seed
 
-    def sample(self, step: int, n: int) -> torch.Tensor:
+    def sample(self, step: int, n: int, *, round: int = 0) -> torch.Tensor:
+        """``round`` > 0: the prompts of a dynamic-sampling refill (an independent keyed draw)."""
         classes = torch.tensor(self.config.classes)
-        g = keyed_generator(self.seed, Purpose.PROMPTS, step)
+        g = keyed_generator(self.seed, Purpose.PROMPTS, step, *([round] if round else []))
         if not self.config.balanced:
             return classes[torch.randint(len(classes), (n,), generator=g)]
         reps = -(-n // len(classes))

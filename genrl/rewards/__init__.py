@@ -5,3 +5,4 @@ from genrl.rewards.base import RewardSet  # noqa: F401
 
 from genrl.rewards import clip, vlm_judge  # noqa: F401  # isort: skip  (the hub and VLM-judge rewards)
 from genrl.rewards import group  # noqa: F401, E402  # isort: skip  (group-wise rewards: group_rank)
+from genrl.rewards import answers  # noqa: F401, E402  # isort: skip  (verifiable answer rewards)

@@ -5,6 +5,7 @@
             reward_stream.add(samples, prompts)              # scored while the next piece is generated
         rewards   = reward_stream.result()                   # [b, C], possibly slow / remote / in a worker
         batch     = gather(rollout + rewards)                # global batch on every rank
+        [dynamic sampling: drop all-equal-reward groups, refill with fresh prompts, up to N rollouts]
         batch.adv = advantage(rewards, weights, groups)      # group statistics over all ranks
         K epochs x minibatches (keyed shuffle; rank r takes r::W of each) x micro-batches:
             loss = objective(policy, micro)                  # gradient accumulation, DDP sync on the last
@@ -216,14 +217,15 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def _generate_and_score(self, step: int, round: int = 0) -> tuple[Rollout, dict[str, float]]:
+        """One rollout of the step (refill ``round`` under dynamic sampling), scored and gathered (CPU)."""
         t0 = self._clock()
         # The shard comes in trainer.reward_chunks pieces; each is scored (on the scoring thread, or a
         # worker) while the next is generated. Group-wise rewards wait for whole groups (RewardStream).
         scoring = self.rewards.stream(whole_groups=self.producer.chunks_hold_whole_groups)
         pieces = []
         with self._autocast():
-            for piece in self.producer.chunks(step):
+            for piece in self.producer.chunks(step, round):
                 samples, contexts = self.policy.reward_inputs(piece)
                 scoring.add(samples, contexts, groups=piece["group_ids"].cpu())
                 pieces.append(piece)
@@ -235,6 +237,49 @@ class Trainer:
         t2 = self._clock()
         batch = self._gather(local).to("cpu")
         self.rewards.account(batch["valid"])
+        return batch, {"time/rollout": t1 - t0, "time/reward": t2 - t1,
+                       # scoring time that ran while pieces were still being generated
+                       "time/reward_hidden": max(0.0, scored.seconds - (t2 - t1))}
+
+    def _informative_groups(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(group ids, informative?) per group: usable (no failed reward) and not all rewards equal."""
+        uniq, inv = torch.unique(batch["group_ids"], return_inverse=True)
+        keep = torch.zeros(len(uniq), dtype=torch.bool)
+        for g in range(len(uniq)):
+            m = inv == g
+            r = batch["rewards"][m]
+            keep[g] = bool(batch["valid"][m].all()) and bool((r.max(0).values - r.min(0).values).abs().max() > 1e-6)
+        return uniq, keep
+
+    def _dynamic_batch(self, step: int, first: Rollout, timing: dict[str, float]) -> tuple[Rollout, dict[str, float]]:
+        """DAPO's dynamic sampling: drop groups whose rewards all agree, refill with fresh prompts (up to
+        ``dynamic_sampling_rounds`` rollouts), then top up with dropped groups if still short."""
+        n_groups, G = self.recipe.trainer.prompts_per_step, self.recipe.trainer.group_size
+        kept: list[Rollout] = []
+        dropped: list[Rollout] = []
+        rounds, batch = 0, first
+        while True:
+            uniq, keep = self._informative_groups(batch)
+            for g, ok in zip(uniq.tolist(), keep.tolist()):
+                (kept if ok else dropped).append(batch.select(torch.nonzero(batch["group_ids"] == g).flatten()))
+            rounds += 1
+            if len(kept) >= n_groups or rounds >= self.recipe.trainer.dynamic_sampling_rounds:
+                break
+            batch, more = self._generate_and_score(step, rounds)
+            for k, v in more.items():
+                timing[k] += v
+        chosen = (kept + dropped)[:n_groups]
+        for new_id, part in enumerate(chosen):  # groups from different rounds share ids: renumber
+            part["group_ids"] = torch.full((G,), new_id, dtype=part["group_ids"].dtype)
+        metrics = {"dynamic/rounds": float(rounds), "dynamic/filled_share": min(len(kept), n_groups) / n_groups,
+                   "dynamic/zero_std_share_first_round": 1 - float(self._informative_groups(first)[1].float().mean())}
+        return Rollout.cat(chosen), metrics
+
+    def train_step(self, step: int) -> dict[str, float]:
+        t0 = self._clock()
+        first, timing = self._generate_and_score(step)
+        batch, dyn = (first, {}) if not self.recipe.trainer.dynamic_sampling else self._dynamic_batch(step, first, timing)
+        t2 = self._clock()
         # A sample whose reward failed takes its whole group out of the update (its statistics are unknown).
         groups = batch["group_ids"]
         bad_groups = torch.unique(groups[~batch["valid"]])
@@ -244,19 +289,19 @@ class Trainer:
         metrics = self._update(step, batch.to(self.device))
         t3 = self._clock()
 
-        r = batch["rewards"][batch["valid"]]
+        # Reward statistics of the first rollout: what the policy does on fresh prompts (not the refilled batch).
+        r = first["rewards"][first["valid"]]
         for c, name in enumerate(self.rewards.names):
             metrics[f"reward/{name}/mean"] = float(r[:, c].mean())
             metrics[f"reward/{name}/std"] = float(r[:, c].std())
         total = (r * self.rewards.weights).sum(1)  # elementwise: no alignment-dependent gemv
         metrics["reward/total/mean"], metrics["reward/total/std"] = float(total.mean()), float(total.std())
-        metrics["reward/invalid_share"] = float((~batch["valid"]).float().mean())
+        metrics["reward/invalid_share"] = float((~first["valid"]).float().mean())
         metrics["reward/skipped_groups"] = float(len(bad_groups))
         metrics.update(adv.metrics)
+        metrics.update(dyn)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0,
-                        # scoring time that ran while pieces were still being generated
-                        "time/reward_hidden": max(0.0, scored.seconds - (t2 - t1))})
+        metrics.update({**timing, "time/update": t3 - t2, "time/step": t3 - t0})
         return metrics
 
     def _update(self, step: int, batch: Rollout) -> dict[str, float]:

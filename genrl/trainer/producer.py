@@ -17,6 +17,8 @@ import torch
 
 from genrl.trainer.rollout import Rollout
 
+ROUND_OFFSET = 1 << 40  # sample/group ids of dynamic-sampling refill rounds never meet a real step's
+
 
 class RolloutProducer:
     def __init__(self, policy, explorer, prompts, *, seed: int, prompts_per_step: int, group_size: int,
@@ -70,23 +72,29 @@ class RolloutProducer:
                 cuts = whole
         return list(zip(cuts[:-1], cuts[1:]))
 
-    def shard(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(prompts, global sample ids, group ids) of this rank's contiguous slice of the step's batch."""
+    def shard(self, step: int, round: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prompts, global sample ids, group ids) of this rank's contiguous slice of the step's batch.
+
+        ``round`` > 0 is a refill of dynamic sampling: fresh prompts, sample ids offset past any real step's."""
         n = self.global_batch
         if n % self.world:
             raise ValueError(f"the rollout batch ({n}) must divide evenly over {self.world} processes")
-        prompts = self.prompts.sample(step, self.n_prompts).repeat_interleave(self.group_size)
+        picked = self.prompts.sample(step, self.n_prompts, round=round) if round else self.prompts.sample(step, self.n_prompts)
+        prompts = picked.repeat_interleave(self.group_size)
         j = torch.arange(n)
         lo, hi = self._shard_range()
-        return prompts[lo:hi], (step * n + j)[lo:hi], (j // self.group_size)[lo:hi]
+        return prompts[lo:hi], (round * ROUND_OFFSET + step * n + j)[lo:hi], (j // self.group_size)[lo:hi]
 
-    def chunks(self, step: int) -> Iterator[Rollout]:
-        """This rank's shard of step ``step``, generated piece by piece (``reward_chunks`` pieces)."""
-        prompts, ids, groups = self.shard(step)
-        plan = self.explorer.plan(step, self.policy.config.num_steps)
+    def chunks(self, step: int, round: int = 0) -> Iterator[Rollout]:
+        """This rank's shard of step ``step`` (refill ``round``), generated piece by piece (``reward_chunks`` pieces)."""
+        prompts, ids, groups = self.shard(step, round)
+        plan = self.explorer.plan(step, getattr(self.policy.config, "num_steps", None))
         for lo, hi in self.bounds:
+            # Prompt sources with items (questions + images) hand them over with globally unique group ids.
+            key = round * ROUND_OFFSET + step * self.n_prompts + groups[lo:hi]
+            extra = {"items": self.prompts.items(prompts[lo:hi]), "group_ids": key} if hasattr(self.prompts, "items") else {}
             piece = self.policy.rollout(prompts[lo:hi], ids[lo:hi], step=step, seed=self.seed, plan=plan,
-                                        explorer_config=self.explorer.config)
+                                        explorer_config=self.explorer.config, **extra)
             piece["group_ids"] = groups[lo:hi].to(piece["prompts"].device)
             yield piece
 

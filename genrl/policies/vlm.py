@@ -1,0 +1,393 @@
+"""Vision-language policy: a transformers image-text-to-text model (Qwen2.5-VL first) as a token policy.
+
+Rollout builds each question's chat prompt with the checkpoint's own processor and chat template,
+samples a group of responses with ``generate``, then re-scores them teacher-forced with
+:meth:`VLMPolicy.token_stats` — the *same* function the objective calls with gradients — so the
+importance ratio is exactly 1 before the first update.
+
+Two layout rules make that exact (as the flow policy's fixed ``forward_chunk`` does): every sequence
+is laid out at a fixed length (the prompt left-padded to ``max_prompt_tokens``, the response
+right-padded to ``max_new_tokens``), and the network always runs on ``forward_chunk`` rows (the last
+chunk padded with copies). A row's numbers then do not depend on which other rows share its batch.
+
+Token log-probs and entropies are computed from the final hidden states ``logprob_chunk`` positions
+at a time, each chunk re-computed in the backward pass, so the ``[batch, length, vocab]`` logits of a
+150k-token vocabulary never exist at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from genrl.config.validate import option
+from genrl.policies.weights import TrainableWeights
+from genrl.registry import POLICIES
+from genrl.rng import Purpose, key_seed
+from genrl.trainer.rollout import Rollout
+
+
+@dataclass
+class VLMLoraOptions:
+    rank: int = option(default=16, help="LoRA rank r.")
+    alpha: float = option(default=32.0, help="LoRA alpha (scale = alpha / r).")
+    dropout: float = option(default=0.0, help="LoRA dropout; keep 0 for an exact on-policy ratio.")
+    target_modules: list[str] = option(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        help="Module names (suffixes) of the language model that get adapters.",
+    )
+
+
+class ImageTokenMismatch(ValueError):
+    """A prompt whose image placeholder tokens do not match its image's features (caught before the forward)."""
+
+
+def _to_pil(image):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(arr).convert("RGB")
+
+
+@POLICIES.register("vlm")
+class VLMPolicy(TrainableWeights):
+    """Image + question -> sampled response; per-token log-probs for GRPO-family objectives."""
+
+    @dataclass
+    class Config:
+        base_checkpoint: str | None = option(
+            default=None, help="A transformers checkpoint folder (model, tokenizer, processor, chat template).")
+        base_recipe: str | None = option(
+            default=None, help="SFT recipe that makes the base model; built once and cached under $GENRL_CACHE.")
+        system_prompt: str | None = option(
+            default=None, help="System message; null = the prompt source's own (if any), else none.")
+        max_prompt_tokens: int = option(default=96, help="Prompt length the layout pads to (longer prompts are an error).")
+        max_new_tokens: int = option(default=32, help="Response length cap; longer responses are truncated.")
+        lora: VLMLoraOptions | None = option(default=None, help="LoRA adapter settings; null = full fine-tuning.")
+        train_vision: bool = option(default=False, help="Also train the vision tower (full fine-tuning only).")
+        forward_chunk: int = option(default=16, help="Rows per network call; fixed so results do not depend on batching.")
+        logprob_chunk: int = option(default=64, help="Response positions per log-softmax chunk (bounds vocab memory).")
+        gradient_checkpointing: bool = option(default=False, help="Re-compute decoder activations in backward.")
+
+        def validate(self) -> None:
+            if self.base_checkpoint and self.base_recipe:
+                raise ValueError("base_recipe: give base_checkpoint or base_recipe, not both")
+            if not (self.base_checkpoint or self.base_recipe):
+                raise ValueError("base_checkpoint: a VLM policy starts from a checkpoint folder or an SFT recipe")
+            for name in ("max_prompt_tokens", "max_new_tokens", "forward_chunk", "logprob_chunk"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name}: must be >= 1")
+            if self.train_vision and self.lora is not None:
+                raise ValueError("train_vision: only with full fine-tuning (lora: null)")
+
+    def __init__(self, config: Config, *, device: torch.device | str = "cpu", base_dir: Path | None = None) -> None:
+        from genrl.models.vlm import load_vlm
+
+        self.config = config
+        self.device = torch.device(device)
+        if base_dir is None:
+            raise ValueError("the vlm policy needs a base checkpoint folder")
+        self.base_dir = Path(base_dir).resolve()
+        self.model, self.processor = load_vlm(self.base_dir)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        mc = self.model.config
+        self.image_token_id = mc.image_token_id
+        self.merge = getattr(mc.vision_config, "spatial_merge_size", 1)
+        self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        if config.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            self.model.requires_grad_(False)
+            # Adapters on the language model only: the vision tower's blocks reuse some of these names.
+            targets = rf".*language_model.*\.({'|'.join(config.lora.target_modules)})"
+            self.model = get_peft_model(self.model, LoraConfig(
+                r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                target_modules=targets, init_lora_weights=True))
+        elif not config.train_vision:
+            for name, p in self.model.named_parameters():
+                if ".visual." in f".{name}.":
+                    p.requires_grad_(False)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.to(self.device)
+        self.engine_model: nn.Module = self.model
+        self._items: dict[int, object] = {}
+
+    # ----------------------------------------------------------------- loading
+    @staticmethod
+    def resolve_base(config: Config, *, recipe_file: str | None, key: str) -> Path | None:
+        from genrl.config.validate import RecipeError
+
+        if config.base_recipe:
+            from genrl.pretrain.vlm_sft import vlm_base_from_recipe
+
+            return vlm_base_from_recipe(config.base_recipe, referenced_from=recipe_file, key=f"{key}.base_recipe")
+        path = Path(config.base_checkpoint).expanduser()
+        if not (path / "config.json").is_file():
+            raise RecipeError(recipe_file, f"{key}.base_checkpoint",
+                              f"no vision-language checkpoint at {path} (expected a folder with config.json, weights, "
+                              "tokenizer and processor files)")
+        return path.resolve()
+
+    def checkpoint_meta(self) -> dict:
+        return {"policy": "vlm", "model": {"architecture": type(self.model).__name__ if self.config.lora is None
+                                           else type(self.model.get_base_model()).__name__}}
+
+    def frozen_checkpoint_files(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {}  # the frozen parts are the base checkpoint folder itself
+
+    def trainable_module(self) -> nn.Module:
+        return self.model
+
+    @property
+    def reward_sample_spec(self) -> tuple[tuple[int, ...], str]:
+        return (), "text"
+
+    # ----------------------------------------------------------------- prompts
+    def _messages(self, item, system: str | None) -> list[dict]:
+        msgs = [{"role": "system", "content": system}] if system else []
+        return msgs + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.question}]}]
+
+    def encode_prompts(self, items, images, *, system: str | None = None) -> dict[str, torch.Tensor]:
+        """Chat prompts + images -> processor tensors, left-padded to ``max_prompt_tokens``; checked."""
+        system = self.config.system_prompt if self.config.system_prompt is not None else system
+        texts = [self.processor.apply_chat_template(self._messages(it, system), add_generation_prompt=True)
+                 for it in items]
+        enc = self.processor(text=texts, images=[_to_pil(im) for im in images], return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        P = self.config.max_prompt_tokens
+        lengths = mask.sum(1)
+        for i in range(len(items)):
+            if lengths[i] > P:
+                raise ValueError(f"question {getattr(items[i], 'index', i)}: its prompt has {int(lengths[i])} tokens, "
+                                 f"above policy.max_prompt_tokens={P}; raise it")
+        pad = P - ids.shape[1]
+        ids = F.pad(ids, (pad, 0), value=self.pad_id) if pad > 0 else ids[:, -P:]
+        mask = F.pad(mask, (pad, 0), value=0) if pad > 0 else mask[:, -P:]
+        grid = enc["image_grid_thw"]
+        per_image = (grid.prod(1) // self.merge**2).tolist()
+        patches = grid.prod(1).tolist()
+        pixel = torch.split(enc["pixel_values"], patches)
+        width = max(patches)
+        pixel = torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in pixel])  # [B, patches, D]
+        out = {"prompt_ids": ids, "prompt_mask": mask, "pixel_values": pixel, "image_grid_thw": grid}
+        self.check_image_tokens(out, [getattr(it, "index", i) for i, it in enumerate(items)], per_image)
+        return out
+
+    def check_image_tokens(self, enc: dict[str, torch.Tensor], names, per_image: list[int] | None = None) -> None:
+        """Each prompt must hold exactly as many image placeholder tokens as its image yields features;
+        otherwise the model's scatter of image features fails deep inside (or misaligns silently)."""
+        counts = (enc["prompt_ids"] == self.image_token_id).sum(1).tolist()
+        expected = per_image or (enc["image_grid_thw"].prod(1) // self.merge**2).tolist()
+        for name, got, want in zip(names, counts, expected):
+            if got != want:
+                why = ("the prompt was cut (raise policy.max_prompt_tokens)" if got < want else
+                       "the chat template or the question text adds image tokens of its own")
+                raise ImageTokenMismatch(f"sample {name}: {got} image tokens in the prompt but its image gives "
+                                         f"{want} features; {why}")
+
+    # ------------------------------------------------------------------ network
+    def _chunk_inputs(self, t: dict[str, torch.Tensor], lo: int, hi: int) -> tuple[dict, int]:
+        """Rows lo..hi as model inputs, padded with copies of the last row to ``forward_chunk`` rows."""
+        n = hi - lo
+        rows = list(range(lo, hi)) + [hi - 1] * (self.config.forward_chunk - n)
+        idx = torch.tensor(rows, device=t["input_ids"].device)
+        grid = t["image_grid_thw"][idx]
+        patches = grid.prod(1)
+        pixel = torch.cat([t["pixel_values"][r, : int(k)] for r, k in zip(idx.tolist(), patches.tolist())])
+        return {"input_ids": t["input_ids"][idx], "attention_mask": t["attention_mask"][idx],
+                "pixel_values": pixel, "image_grid_thw": grid}, n
+
+    def token_stats(self, model: nn.Module, t: dict[str, torch.Tensor], *, entropy: bool = False,
+                    compare_pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Teacher-forced log p(response token) [B, R] of the full sequences in ``t`` — the one scoring
+        function of rollout (old log-probs) and update (with gradients) — plus, on request, the token
+        entropies [B, R] and the symmetric KL [B, R] to the same model shown ``compare_pixels`` instead."""
+        R, rows, width = self.config.max_new_tokens, self.config.forward_chunk, self.config.logprob_chunk
+        head = self._lm_head(model)
+        lps, ents, divs = [], [], []
+        for lo in range(0, len(t["input_ids"]), rows):
+            hi = min(lo + rows, len(t["input_ids"]))
+            inputs, n = self._chunk_inputs(t, lo, hi)
+            h = self._response_hidden(model, inputs)
+            targets = inputs["input_ids"][:, -R:]
+            h2 = None
+            if compare_pixels is not None:
+                other, _ = self._chunk_inputs({**t, "pixel_values": compare_pixels}, lo, hi)
+                h2 = self._response_hidden(model, other)
+            row_lp, row_ent, row_div = [], [], []
+            for s in range(0, R, width):
+                e = min(s + width, R)
+                args = (h[:, s:e], targets[:, s:e], head.weight, head.bias)
+                lp, ent = checkpoint(_chunk_stats, *args, use_reentrant=False) if torch.is_grad_enabled() \
+                    else _chunk_stats(*args)
+                row_lp.append(lp[:n])
+                row_ent.append(ent[:n])
+                if h2 is not None:
+                    row_div.append(_chunk_divergence(h[:n, s:e], h2[:n, s:e], head.weight, head.bias))
+            lps.append(torch.cat(row_lp, 1))
+            ents.append(torch.cat(row_ent, 1))
+            if h2 is not None:
+                divs.append(torch.cat(row_div, 1))
+        out = {"log_probs": torch.cat(lps)}
+        if entropy:
+            out["entropies"] = torch.cat(ents)
+        if compare_pixels is not None:
+            out["divergence"] = torch.cat(divs)
+        return out
+
+    def _response_hidden(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        """Final hidden states [rows, R, H] at the positions that predict the R response tokens."""
+        R = self.config.max_new_tokens
+        hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False).hidden_states[-1]
+        return hidden[:, -R - 1 : -1]
+
+    @staticmethod
+    def _lm_head(model: nn.Module) -> nn.Module:
+        inner = getattr(model, "module", model)  # DDP / engine wrappers
+        return inner.get_output_embeddings()
+
+    # ------------------------------------------------------------------ rollout
+    def items_for(self, indices: torch.Tensor) -> list:
+        return [self._items[int(i)] for i in indices.tolist()]
+
+    @torch.no_grad()
+    def rollout(self, prompts: torch.Tensor, sample_ids: torch.Tensor, *, step: int, seed: int, plan,
+                explorer_config, items=None, group_ids: torch.Tensor | None = None) -> Rollout:
+        """Sample one response per row; store the fixed-length sequences and their old log-probs.
+
+        ``plan`` (from the explorer) says which rows see a noisy image (``plan.branch(...)``), which image
+        the update conditions on, whether to measure visual uncertainty, and the sampling temperature.
+        """
+        if items is None:
+            raise ValueError("the vlm policy needs a prompt source with items (e.g. prompts: {name: visual_arithmetic})")
+        model = self.engine_model
+        model.eval()
+        for i, it in zip(prompts.tolist(), items):
+            self._items[int(i)] = it
+        groups = group_ids if group_ids is not None else sample_ids
+        noisy = plan.noisy_rows(step, groups, sample_ids)  # [B] bool
+        raw_images = [it.image for it in items]
+        branch_images = [plan.noisy_image(it.image, step, int(g)) if nz else it.image
+                         for it, g, nz in zip(items, groups.tolist(), noisy.tolist())]
+        system = getattr(items[0], "system_prompt", None)
+        gen_enc = self.encode_prompts(items, branch_images, system=system)
+        response = self._generate(model, gen_enc, plan.temperature, plan.top_p, seed, step, sample_ids)
+        ended = (response == self.eos_id).cumsum(1)
+        response_mask = (ended - (response == self.eos_id).long()) == 0  # tokens up to and including the eos
+        response = torch.where(response_mask, response, torch.full_like(response, self.pad_id))
+        truncated = ended[:, -1] == 0
+        t = {"input_ids": torch.cat([gen_enc["prompt_ids"], response], 1),
+             "attention_mask": torch.cat([gen_enc["prompt_mask"], response_mask.long()], 1),
+             "image_grid_thw": gen_enc["image_grid_thw"], "pixel_values": gen_enc["pixel_values"]}
+        if plan.update_image == "raw" and bool(noisy.any()):
+            t["pixel_values"] = self.encode_prompts(items, raw_images, system=system)["pixel_values"]
+        t = {k: v.to(self.device) for k, v in t.items()}
+        compare = None
+        if plan.uncertainty:
+            # VOGUE's D_t = KL(P_t || Q_t) + KL(Q_t || P_t), P/Q = the token distributions with the raw / the
+            # noisy image, teacher-forced on the same sampled response, no gradient. Symmetric, so each row
+            # is compared with "the other" image of its pair.
+            others = [it.image if (nz and plan.update_image == "branch") else plan.noisy_image(it.image, step, int(g))
+                      for it, g, nz in zip(items, groups.tolist(), noisy.tolist())]
+            compare = self.encode_prompts(items, others, system=system)["pixel_values"].to(self.device)
+        stats = self.token_stats(model, t, entropy=True, compare_pixels=compare)
+        mask = response_mask.to(self.device).float()
+        tensors = {"prompts": prompts.to(self.device), "sample_ids": sample_ids.to(self.device), **t,
+                   "response_mask": mask, "old_log_probs": stats["log_probs"] * mask,
+                   "entropies": stats["entropies"] * mask, "noisy": noisy.to(self.device),
+                   "truncated": truncated.to(self.device)}
+        if compare is not None:
+            tensors["vis_uncertainty"] = stats["divergence"] * mask
+        return Rollout(tensors, {"step": step, "seed": seed})
+
+    def _generate(self, model, enc, temperature: float, top_p: float, seed: int, step: int,
+                  sample_ids: torch.Tensor) -> torch.Tensor:
+        """Sampled responses [B, R] (eos then pad after the end), generated ``forward_chunk`` rows at a time
+        under an RNG keyed by (seed, step, first sample id) of the chunk."""
+        R = self.config.max_new_tokens
+        outs = []
+        inner = getattr(model, "module", model)
+        for lo in range(0, len(enc["prompt_ids"]), self.config.forward_chunk):
+            hi = min(lo + self.config.forward_chunk, len(enc["prompt_ids"]))
+            t = {"input_ids": enc["prompt_ids"][lo:hi], "attention_mask": enc["prompt_mask"][lo:hi],
+                 "image_grid_thw": enc["image_grid_thw"][lo:hi], "pixel_values": enc["pixel_values"][lo:hi]}
+            inputs = self._unpadded(t)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(key_seed(seed, Purpose.STEP_NOISE, step, int(sample_ids[lo])))
+                gen = inner.generate(**{k: v.to(self.device) for k, v in inputs.items()}, do_sample=temperature > 0,
+                                     temperature=temperature if temperature > 0 else None,
+                                     top_p=top_p if temperature > 0 else None, top_k=None, max_new_tokens=R,
+                                     min_new_tokens=0, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+            resp = gen[:, inputs["input_ids"].shape[1]:].cpu()
+            outs.append(F.pad(resp, (0, R - resp.shape[1]), value=self.pad_id))
+        return torch.cat(outs)
+
+    @staticmethod
+    def _unpadded(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        patches = t["image_grid_thw"].prod(1).tolist()
+        pixel = torch.cat([t["pixel_values"][r, :k] for r, k in enumerate(patches)])
+        return {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"], "pixel_values": pixel,
+                "image_grid_thw": t["image_grid_thw"]}
+
+    def reward_inputs(self, rollout: Rollout) -> tuple[list[str], list]:
+        """What reward callables receive: the response texts and the questions (with their answers)."""
+        R = self.config.max_new_tokens
+        ids = rollout["input_ids"][:, -R:].cpu()
+        mask = rollout["response_mask"].cpu().bool()
+        texts = [self.tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(ids, mask)]
+        return texts, self.items_for(rollout["prompts"].cpu())
+
+    def score(self, batch: Rollout, *, reference: bool = False) -> dict[str, torch.Tensor]:
+        """Per-token log-probs [B, R] of the stored responses (with gradients unless ``reference``)."""
+        t = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+        if reference:
+            with self.reference() as ref:
+                return self.token_stats(ref, t)
+        self.engine_model.train()
+        return self.token_stats(self.engine_model, t, entropy=True)
+
+    # --------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def answer(self, items, *, seed: int, step: int, sample_ids: torch.Tensor, temperature: float,
+               top_p: float = 1.0, system: str | None = None) -> list[str]:
+        """Sampled (temperature > 0) or greedy responses to raw-image questions, as text (evaluation)."""
+        enc = self.encode_prompts(items, [it.image for it in items], system=system)
+        resp = self._generate(self.engine_model.eval(), enc, temperature, top_p, seed, step, sample_ids)
+        texts = []
+        for row in resp:
+            end = (row == self.eos_id).nonzero()
+            row = row[: int(end[0]) if len(end) else len(row)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        return texts
+
+
+def _chunk_stats(h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    logits = F.linear(h, weight, bias).float()
+    logp = torch.log_softmax(logits, -1)
+    token = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return token, ent
+
+
+def _chunk_divergence(h: torch.Tensor, h2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    return symmetric_kl(torch.log_softmax(F.linear(h, weight, bias).float(), -1),
+                        torch.log_softmax(F.linear(h2, weight, bias).float(), -1))
+
+
+def symmetric_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) + KL(Q || P) over the last dimension, from log-probabilities."""
+    p, q = log_p.exp(), log_q.exp()
+    return ((p - q) * (log_p - log_q)).sum(-1)
