@@ -18,6 +18,7 @@ def _register_builtins() -> None:
     """Import the modules whose decorators fill the registries."""
     import genrl.advantages  # noqa: F401
     import genrl.eval.digits  # noqa: F401
+    import genrl.eval.visual_arithmetic  # noqa: F401
     import genrl.explorers  # noqa: F401
     import genrl.objectives  # noqa: F401
     import genrl.policies  # noqa: F401
@@ -150,6 +151,17 @@ class TrainRecipe:
                                  f"{self.eval.name!r}; expected one of {sorted(names)}")
         if not self.rewards:
             raise ValueError("rewards: at least one reward component is needed")
+        policy_cls = POLICIES.get(self.policy.name)
+        for section, spec, allowed in (("explorer", self.explorer, getattr(policy_cls, "explorer_names", None)),
+                                       ("objective", self.objective, getattr(policy_cls, "objective_names", None)),
+                                       ("prompts", self.prompts, getattr(policy_cls, "prompt_names", None))):
+            if allowed is not None and spec.name not in allowed:
+                raise ValueError(f"{section}: policy {self.policy.name!r} works with {section} {list(allowed)}, "
+                                 f"got {spec.name!r}")
+        need = getattr(OBJECTIVES.get(self.objective.name), "explorer_flag", None)
+        if need and not getattr(self.explorer.config, need, False):
+            raise ValueError(f"explorer: objective {self.objective.name!r} needs an explorer with {need}: true "
+                             f"(explorer vogue, or noisy_image with {need}: true)")
         noise = getattr(self.explorer.config, "noise_level", None)
         if noise == 0 and getattr(OBJECTIVES.get(self.objective.name), "needs_likelihood", False):
             raise ValueError(f"explorer: noise_level must be > 0 for the likelihood objective {self.objective.name!r}")

@@ -245,7 +245,7 @@ def test_bad_unknown_component_name_suggests(tmp_path: Path) -> None:
     data = _smoke()
     data["explorer"]["name"] = "sdee"
     path = _write(tmp_path, data)
-    _check(_error(path), path, "explorer.name", "unknown explorer 'sdee'", "expected one of ['sde']",
+    _check(_error(path), path, "explorer.name", "unknown explorer 'sdee'", "expected one of ['noisy_image', 'sampling', 'sde', 'vogue']",
            "did you mean 'sde'?")
 
 
@@ -321,7 +321,7 @@ def test_bad_reward_item_without_name(tmp_path: Path) -> None:
     data["rewards"] = [{"weight": 1.0}]
     path = _write(tmp_path, data)
     _check(_error(path), path, "rewards[0].name", "missing required field",
-           "missing required field; expected one of ['aesthetic', 'clip_score', 'digit_classifier', ")
+           "missing required field; expected one of ['aesthetic', 'answer_accuracy', 'answer_format', 'clip_score', ")
 
 
 def test_bad_empty_rewards(tmp_path: Path) -> None:

@@ -167,6 +167,8 @@ class Vogue(GRPO):
                 raise ValueError(f"b_v: the caps could flip an advantage's sign: 1/b_v + 1/b_e = "
                                  f"{1 / self.b_v + 1 / self.b_e:.3f} > 1 (expected <= 1)")
 
+    explorer_flag = "uncertainty"  # the explorer must measure D_t (checked when the recipe is validated)
+
     def _bonus_inputs(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         if "vis_uncertainty" not in batch:
             raise ValueError("objective vogue needs the visual uncertainty D_t in the rollout: use explorer vogue "

@@ -63,6 +63,10 @@ def _to_pil(image):
 class VLMPolicy(TrainableWeights):
     """Image + question -> sampled response; per-token log-probs for GRPO-family objectives."""
 
+    explorer_names = ("sampling", "noisy_image", "vogue")
+    objective_names = ("grpo", "vogue")
+    prompt_names = ("visual_arithmetic",)
+
     @dataclass
     class Config:
         base_checkpoint: str | None = option(
@@ -105,6 +109,11 @@ class VLMPolicy(TrainableWeights):
         self.image_token_id = mc.image_token_id
         self.merge = getattr(mc.vision_config, "spatial_merge_size", 1)
         self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
+        # Vision placeholder tokens must never be *generated*: one sampled <|image_pad|> in a response makes the
+        # teacher-forced forward see more image tokens than image features (a much-reported RL crash).
+        self.vision_token_ids = sorted({i for i in (mc.image_token_id, getattr(mc, "video_token_id", None),
+                                                    getattr(mc, "vision_start_token_id", None),
+                                                    getattr(mc, "vision_end_token_id", None)) if i is not None})
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         if config.lora is not None:
             from peft import LoraConfig, get_peft_model
@@ -140,6 +149,32 @@ class VLMPolicy(TrainableWeights):
                               f"no vision-language checkpoint at {path} (expected a folder with config.json, weights, "
                               "tokenizer and processor files)")
         return path.resolve()
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, *, use_ema: bool = True, merge: bool = False,
+                        device: str = "cpu") -> VLMPolicy:
+        """A base folder (SFT output, a downloaded model) or a genrl RL checkpoint, ready to answer."""
+        import json
+
+        from genrl.config.validate import build
+        from genrl.trainer.checkpoint import load_tensors, verify_checkpoint
+
+        path = Path(path).resolve()
+        meta_file = path / "checkpoint.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"weights": "full_base"}
+        if meta.get("weights") == "full_base":
+            return cls(cls.Config(base_checkpoint=str(path)), device=device, base_dir=path)
+        verify_checkpoint(path)
+        config = build(cls.Config, meta["policy_config"], file=str(meta_file), key="policy_config")
+        base = Path(meta["base_checkpoint"])
+        if not (base / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: its base checkpoint {base} does not exist (or has no config.json)")
+        policy = cls(config, device=device, base_dir=base)
+        name = "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "policy.safetensors"
+        policy.load_trainable_state_dict(load_tensors(path / name))
+        if merge and config.lora is not None:
+            policy.model = policy.engine_model = policy.model.merge_and_unload()
+        return policy
 
     def checkpoint_meta(self) -> dict:
         return {"policy": "vlm", "model": {"architecture": type(self.model).__name__ if self.config.lora is None
@@ -186,15 +221,16 @@ class VLMPolicy(TrainableWeights):
         self.check_image_tokens(out, [getattr(it, "index", i) for i, it in enumerate(items)], per_image)
         return out
 
-    def check_image_tokens(self, enc: dict[str, torch.Tensor], names, per_image: list[int] | None = None) -> None:
-        """Each prompt must hold exactly as many image placeholder tokens as its image yields features;
+    def check_image_tokens(self, enc: dict[str, torch.Tensor], names, per_image: list[int] | None = None, *,
+                           key: str = "prompt_ids") -> None:
+        """Each sequence must hold exactly as many image placeholder tokens as its image yields features;
         otherwise the model's scatter of image features fails deep inside (or misaligns silently)."""
-        counts = (enc["prompt_ids"] == self.image_token_id).sum(1).tolist()
+        counts = (enc[key] == self.image_token_id).sum(1).tolist()
         expected = per_image or (enc["image_grid_thw"].prod(1) // self.merge**2).tolist()
         for name, got, want in zip(names, counts, expected):
             if got != want:
                 why = ("the prompt was cut (raise policy.max_prompt_tokens)" if got < want else
-                       "the chat template or the question text adds image tokens of its own")
+                       "the response or the question text holds image placeholder tokens of its own")
                 raise ImageTokenMismatch(f"sample {name}: {got} image tokens in the prompt but its image gives "
                                          f"{want} features; {why}")
 
@@ -217,6 +253,8 @@ class VLMPolicy(TrainableWeights):
         entropies [B, R] and the symmetric KL [B, R] to the same model shown ``compare_pixels`` instead."""
         R, rows, width = self.config.max_new_tokens, self.config.forward_chunk, self.config.logprob_chunk
         head = self._lm_head(model)
+        names = t["sample_ids"].tolist() if "sample_ids" in t else list(range(len(t["input_ids"])))
+        self.check_image_tokens(t, names, key="input_ids")
         lps, ents, divs = [], [], []
         for lo in range(0, len(t["input_ids"]), rows):
             hi = min(lo + rows, len(t["input_ids"]))
@@ -291,7 +329,8 @@ class VLMPolicy(TrainableWeights):
         truncated = ended[:, -1] == 0
         t = {"input_ids": torch.cat([gen_enc["prompt_ids"], response], 1),
              "attention_mask": torch.cat([gen_enc["prompt_mask"], response_mask.long()], 1),
-             "image_grid_thw": gen_enc["image_grid_thw"], "pixel_values": gen_enc["pixel_values"]}
+             "image_grid_thw": gen_enc["image_grid_thw"], "pixel_values": gen_enc["pixel_values"],
+             "sample_ids": sample_ids}
         if plan.update_image == "raw" and bool(noisy.any()):
             t["pixel_values"] = self.encode_prompts(items, raw_images, system=system)["pixel_values"]
         t = {k: v.to(self.device) for k, v in t.items()}
@@ -330,7 +369,8 @@ class VLMPolicy(TrainableWeights):
                 gen = inner.generate(**{k: v.to(self.device) for k, v in inputs.items()}, do_sample=temperature > 0,
                                      temperature=temperature if temperature > 0 else None,
                                      top_p=top_p if temperature > 0 else None, top_k=None, max_new_tokens=R,
-                                     min_new_tokens=0, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+                                     min_new_tokens=0, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+                                     suppress_tokens=self.vision_token_ids)
             resp = gen[:, inputs["input_ids"].shape[1]:].cpu()
             outs.append(F.pad(resp, (0, R - resp.shape[1]), value=self.pad_id))
         return torch.cat(outs)
@@ -352,7 +392,7 @@ class VLMPolicy(TrainableWeights):
 
     def score(self, batch: Rollout, *, reference: bool = False) -> dict[str, torch.Tensor]:
         """Per-token log-probs [B, R] of the stored responses (with gradients unless ``reference``)."""
-        t = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+        t = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "sample_ids")}
         if reference:
             with self.reference() as ref:
                 return self.token_stats(ref, t)
