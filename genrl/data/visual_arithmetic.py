@@ -46,6 +46,7 @@ class ArithmeticItem:
     answer: str
     kind: str
     digits: tuple[int, ...] = field(default_factory=tuple)
+    slots: tuple[int, ...] = field(default_factory=tuple)  # the cell (0..SLOTS-1) of each digit, left to right
 
     def solution(self) -> str:
         """The supervised response: read the digits, compute, answer (the SFT target)."""
@@ -115,7 +116,7 @@ class VisualArithmetic:
             t = 2 + int(torch.randint(5, (1,), generator=g))
             question, answer = f"How many digits are greater than {t}?", sum(d > t for d in digits)
         image = (canvas * 255).round().to(torch.uint8).numpy()
-        return ArithmeticItem(index, image, question, str(answer), kind, tuple(digits))
+        return ArithmeticItem(index, image, question, str(answer), kind, tuple(digits), tuple(slots))
 
     def items(self, indices) -> list[ArithmeticItem]:
         return [self[int(i)] for i in indices]

@@ -64,7 +64,8 @@ def vogue_shaped_advantage(adv: torch.Tensor, uncertainty: torch.Tensor, entropy
                            a_v: float, b_v: float, a_e: float, b_e: float) -> torch.Tensor:
     """A' = A + min(a_v D, |A| / b_v) + min(a_e H, |A| / b_e); adv [B, 1], D and H [B, T] (no gradient)."""
     cap = adv.abs()
-    return adv + torch.minimum(a_v * uncertainty.detach(), cap / b_v) + torch.minimum(a_e * entropy.detach(), cap / b_e)
+    return adv + torch.minimum(torch.minimum(a_v * uncertainty.detach(), cap / b_v)  # total <= |A|: no rounding flip
+                               + torch.minimum(a_e * entropy.detach(), cap / b_e), cap)
 
 
 @OBJECTIVES.register("grpo")

@@ -38,6 +38,10 @@ class VLMSFTRecipe:
     base_checkpoint: str | None = option(default=None, help="Checkpoint folder to fine-tune; null = build the tiny model.")
     model: TinyVLMConfig = option(default_factory=TinyVLMConfig, help="Tiny model architecture (no base_checkpoint).")
     tokenizer_corpus: int = option(default=2000, help="Train questions whose text trains the tiny model's tokenizer.")
+    vision_pretrain_steps: int = option(
+        default=400, help="Tiny model only: steps of pretraining the vision tower to recognise the digit (or none) in "
+                          "each cell, the stand-in for the pretrained vision encoder a real VLM starts from.")
+    vision_pretrain_lr: float = option(default=1e-3, help="AdamW learning rate of that vision pretraining.")
     split_size: int = option(default=4000, help="Train questions to fine-tune on.")
     kinds: list[str] = option(default_factory=lambda: list(KINDS), help="Question kinds.")
     data_seed: int = option(default=0, help="Seed of the question set (the RL recipes use the same).")
@@ -94,6 +98,8 @@ def build_vlm_sft(config: VLMSFTRecipe, out_dir: Path, *, progress: bool = True)
         corpus += [f"{it.question} {it.solution()}" for it in train.items(range(min(config.tokenizer_corpus, len(train))))]
         build_tiny_qwen25vl(source, config.model, corpus)
     model, processor = load_vlm(source)
+    if not config.base_checkpoint and config.vision_pretrain_steps:
+        pretrain_vision(model, processor, train, config, progress=progress)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
@@ -128,6 +134,43 @@ def build_vlm_sft(config: VLMSFTRecipe, out_dir: Path, *, progress: bool = True)
     (out_dir / "checkpoint.json").write_text(json.dumps(meta, indent=2))
     print(f"[genrl] vlm sft: final loss {loss.item():.3f}, held-out greedy accuracy {accuracy:.3f} "
           f"({config.eval_questions} questions)")
+
+
+def pretrain_vision(model, processor, data: VisualArithmetic, config: VLMSFTRecipe, *, progress: bool) -> None:
+    """Train the vision tower (+ a throw-away linear head) to tell, for each of the canvas's cells, which
+    digit it shows or that it is empty. Without it a from-scratch vision tower learns far too slowly
+    from the language loss alone (measured: chance-level digit reading after 1,500 SFT steps)."""
+    from genrl.data.visual_arithmetic import CELL, SLOTS
+    from genrl.policies.vlm import _to_pil
+
+    visual = model.model.visual
+    merge = visual.spatial_merge_size if hasattr(visual, "spatial_merge_size") else 2
+    unit = 14 * merge  # pixels per merged vision token
+    width = model.config.vision_config.out_hidden_size
+    cols_per_cell = CELL // unit
+    head = torch.nn.Linear(width * (CELL // unit) * cols_per_cell, 11)
+    params = list(visual.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=config.vision_pretrain_lr)
+    bar = progress_bar(range(config.vision_pretrain_steps), desc="vision pretrain", disable=not progress)
+    for step in bar:
+        g = keyed_generator(config.seed, Purpose.DATA, step, 1)
+        items = data.items(torch.randint(len(data), (config.batch_size,), generator=g))
+        enc = processor.image_processor(images=[_to_pil(it.image) for it in items], return_tensors="pt")
+        out = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
+        feats = getattr(out, "pooler_output", out)  # [B * tokens, width], raster order of merged tokens
+        rows, cols = CELL // unit, (CELL * SLOTS) // unit
+        grid = feats.view(len(items), rows, SLOTS, cols // SLOTS, width)
+        logits = head(grid.permute(0, 2, 1, 3, 4).reshape(len(items) * SLOTS, -1))
+        targets = torch.full((len(items), SLOTS), 10)
+        for i, it in enumerate(items):
+            for d, slot in zip(it.digits, it.slots):
+                targets[i, slot] = d
+        loss = torch.nn.functional.cross_entropy(logits, targets.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
 
 
 @torch.no_grad()
