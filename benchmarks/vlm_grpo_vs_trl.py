@@ -1,6 +1,7 @@
 """Benchmark: one GRPO step of genrl's VLM trainer against TRL's GRPOTrainer, and VOGUE's overhead.
 
-    python benchmarks/vlm_grpo_vs_trl.py [--model DIR] [--repeats 3] [--steps-window 3] [--record]
+    python benchmarks/vlm_grpo_vs_trl.py [--model DIR] [--repeats 5] [--steps-window 8] [--record]
+        [--deterministic default|on|off] [--trl-text-positions] [--micro-batch N] [--no-vogue | --no-trl]
 
 This is a benchmark, not a test: it prints figures (and, with ``--record``, appends them to
 docs/benchmarks.md); it asserts nothing.
@@ -12,39 +13,48 @@ process, each from its own copy of the weights:
   genrl  ``Trainer.train_step`` with ``policy: vlm``, ``explorer: sampling``, ``objective: grpo``
   vogue  the same with ``explorer: vogue``, ``objective: vogue`` (noisy-image branch + the extra
          no-grad forward that measures the visual uncertainty D_t)
-  trl    ``trl.GRPOTrainer.train()`` on a ``datasets.Dataset`` with ``prompt`` (system + user message,
-         the image placeholder added by TRL), ``image`` and ``answer`` columns, the processor genrl
-         builds as ``processing_class`` (``genrl.models.vlm.load_processor``: the checkpoint's own
-         processor class without the torchvision-only video half), transformers generation.
+  trl    ``trl.GRPOTrainer.train()`` on a ``datasets.Dataset`` with ``prompt`` (system + user message;
+         TRL inserts the image placeholder), ``image`` and ``answer`` columns, transformers generation,
+         and as ``processing_class`` the processor ``genrl.models.vlm.load_processor`` builds (the
+         checkpoint's own processor class without its torchvision-only video half: torchvision is not
+         installed here, so ``AutoProcessor``, which TRL would call itself, fails), left-padded as TRL
+         sets it up when it loads a processor itself.
 
-Equal for all: the questions of every step (TRL's dataset holds, in order and unshuffled, exactly the
-visual arithmetic train questions genrl's prompt source draws for steps 0, 1, 2, ...), prompts per
-step, group size, completions per optimizer update (one update per step: minibatch = the whole
-batch, inner_epochs / num_iterations 1), the micro-batch, the longest response, sampling temperature
-and top_p, the rewards (genrl's own ``answer_accuracy`` and ``answer_format`` classes, weights 1.0
-and 0.2, summed then normalised per group), the clipped surrogate with per-sequence token means
-(TRL ``loss_type="grpo"``), no KL term (beta 0, so neither builds a reference model), AdamW (same lr,
-betas, eps, no weight decay, constant schedule, no warm-up), grad clip 1.0, fp32, no gradient
-checkpointing, the trained parameters (the language model; the vision tower frozen in both unless
-``--train-vision``). The script prints both configurations as read back from the trainers, and
-checks that both build the same prompt token ids and pixel values for the first step's questions.
+Equal for all, and printed side by side as read back from the two trainers: the questions of every
+step (TRL's dataset holds, in order and unshuffled, exactly the visual arithmetic train questions
+genrl's prompt source draws for steps 0, 1, 2, ...; checked after the run), prompts per step, group
+size, completions per optimizer update (one update per step: minibatch = the whole batch,
+inner_epochs / num_iterations 1), the micro-batch, the longest response, temperature and top_p, the
+rewards (genrl's own ``answer_accuracy`` and ``answer_format`` classes, weights 1.0 and 0.2, summed
+then normalised per group), the clipped surrogate with per-sequence token means (TRL
+``loss_type="grpo"``), no KL term (beta 0: neither builds a reference model), AdamW (lr, betas, eps,
+no weight decay, constant schedule, no warm-up), grad clip 1.0, fp32, no activation checkpointing,
+the trained parameters (the language model; the vision tower frozen in both unless
+``--train-vision``). Checked before training: both build the same prompt token ids and pixel values,
+and both score the same response with the same log-probs (see ``--trl-text-positions``).
 
 Timing: after one untimed warm-up step of every variant, ``--repeats`` rounds of ``--steps-window``
-consecutive steps of each, interleaved (trl, genrl, vogue, trl, genrl, vogue, ...): TRL's
-``train()`` runs all its steps in one call, and a ``TrainerCallback`` at the end of each TRL window
-runs the genrl windows, TRL's clock paused. A TRL step is the wall time between consecutive
-``on_step_end`` events (data loading, generation, rewards, loss, backward, clip, AdamW, its per-step
-bookkeeping); a genrl step is ``train_step`` (rollout, rewards, update). Logging and checkpoints are
-off in both. Reported: medians over the repetitions of the per-step mean of each window; ratios are
-medians of the paired per-repetition ratios.
+consecutive steps of each, interleaved (trl, genrl, vogue, trl, genrl, vogue, ...): TRL's ``train()``
+runs all its steps in one call, and a ``TrainerCallback`` at the end of each TRL window runs the
+genrl windows, TRL's clock paused. A TRL step is the wall time between consecutive ``on_step_end``
+events (data loading, generation, rewards, loss, backward, clip, AdamW, its bookkeeping); a genrl
+step is ``train_step`` (rollout, rewards, update). Logging and checkpoints are off in both. Reported:
+medians over the repetitions of the per-step mean of each window; ratios are medians of the paired
+per-repetition ratios. ``--deterministic``: torch's deterministic-algorithms switch is process-wide,
+so it is set before every window: by default each framework runs under its own default (genrl turns
+it on for CPU runs; TRL leaves it off), ``on`` / ``off`` puts both under the same setting (it costs
+TRL's loss, whose chunked log-prob kernel allocates many tensors that deterministic mode fills).
 
-What is NOT the same (inherent to the two designs; see the printed notes): genrl lays every sequence
-out at a fixed length (prompt left-padded to ``max_prompt_tokens``, here the longest prompt of the
-questions used; response right-padded to ``max_new_tokens``) and re-scores each rollout once without
-gradients to store the old log-probs (and entropies), while TRL pads to the longest sequence of the
-batch and, when every generation is used for exactly one update, takes the old log-probs from the
-loss forward itself (``per_token_logps.detach()``). The sampled responses differ (different random
-streams), so their lengths, and the generation time, differ a little; both are printed.
+What is NOT the same (inherent to the two designs; printed as notes): genrl lays every sequence out
+at a fixed length (prompt left-padded to ``max_prompt_tokens``, here the longest prompt of the
+questions used; response right-padded to ``max_new_tokens``), generates ``forward_chunk`` rows per
+call, and re-scores each rollout once without gradients to store the old log-probs and entropies,
+while TRL pads to the batch's longest sequence, generates the whole batch in one call, and, when every
+generation serves exactly one update, takes the old log-probs from the loss forward itself
+(``per_token_logps.detach()``). The sampled responses differ (different random streams), so their
+lengths, and the generation time, differ; both are printed. ``--trl-text-positions`` drops
+``mm_token_type_ids`` from TRL's processor outputs, so that Qwen2.5-VL computes 1-D text positions
+as it does for genrl's policy, which does not pass them (the log-prob check shows whether it needs to).
 """
 
 from __future__ import annotations
@@ -82,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
     ap.add_argument("--train-vision", action="store_true", help="also train the vision tower (both)")
     ap.add_argument("--seed", type=int, default=0, help="seed of both trainers")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of every variant")
-    ap.add_argument("--steps-window", type=int, default=3, help="consecutive steps timed per repetition")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved repetitions of every variant")
+    ap.add_argument("--steps-window", type=int, default=8, help="consecutive steps timed per repetition")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of every variant before timing")
     ap.add_argument("--trl-text-positions", action="store_true",
                     help="drop mm_token_type_ids from TRL's processor outputs (1-D text positions, as genrl's policy)")
@@ -616,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             ("trained parameters", genrl_trainable, trl_trainable),
             ("precision / grad ckpt", f"fp32 ({rc.mixed_precision}) / {pc.gradient_checkpointing}",
              f"fp32 (bf16 {trl_cfg.bf16}) / {trl_cfg.activation_checkpointing}"),
-            ("torch deterministic algorithms", det["genrl"], det["trl"]),
+            ("torch deterministic algorithms", "on" if det["genrl"] else "off", "on" if det["trl"] else "off"),
             ("optimizer updates run", variants["genrl"].step, checks["trl updates"]),
         ]
         lines += ["", "| setting | genrl | TRL |", "|---|---|---|"]
@@ -670,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
                      "TRL pads to the batch's longest sequence and, one update per generation, reuses the loss "
                      "forward's log-probs as the old ones. TRL also suppresses the image token in sampling. The "
                      "sampled responses (hence their lengths) differ between the two.")
+        if tc.micro_batch_size < tc.minibatch_size:
+            lines.append(f"micro-batch {tc.micro_batch_size} < batch {tc.minibatch_size}: genrl also generates "
+                         f"{pc.forward_chunk} rows per generate call, TRL the whole batch in one call.")
         if det["genrl"] != det["trl"]:
             lines.append("each framework ran under its own default torch determinism (genrl: deterministic algorithms "
                          "on CPU, which also fill every new tensor with NaN; TRL: off); --deterministic on / off "

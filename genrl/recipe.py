@@ -19,6 +19,7 @@ def _register_builtins() -> None:
     import genrl.advantages  # noqa: F401
     import genrl.eval.digits  # noqa: F401
     import genrl.eval.visual_arithmetic  # noqa: F401
+    import genrl.eval.visual_math  # noqa: F401
     import genrl.explorers  # noqa: F401
     import genrl.objectives  # noqa: F401
     import genrl.policies  # noqa: F401

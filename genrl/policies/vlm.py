@@ -53,6 +53,9 @@ def _to_pil(image):
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    if isinstance(image, (str, Path)):  # benchmark questions refer to image files
+        with Image.open(image) as im:
+            return im.convert("RGB")
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
@@ -243,8 +246,15 @@ class VLMPolicy(TrainableWeights):
         grid = t["image_grid_thw"][idx]
         patches = grid.prod(1)
         pixel = torch.cat([t["pixel_values"][r, : int(k)] for r, k in zip(idx.tolist(), patches.tolist())])
-        return {"input_ids": t["input_ids"][idx], "attention_mask": t["attention_mask"][idx],
+        ids = t["input_ids"][idx]
+        return {"input_ids": ids, "attention_mask": t["attention_mask"][idx], "mm_token_type_ids": self._token_types(ids),
                 "pixel_values": pixel, "image_grid_thw": grid}, n
+
+    def _token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """1 on image placeholder tokens, else 0 (the processor's ``mm_token_type_ids``). Qwen2.5-VL needs it to
+        give image tokens their 3-D rotary positions; without it every token gets a text position, which
+        silently disagrees with how the model was trained (measured: NLL 1.09 instead of 0.46 per token)."""
+        return (input_ids == self.image_token_id).long()
 
     def token_stats(self, model: nn.Module, t: dict[str, torch.Tensor], *, entropy: bool = False,
                     compare_pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -375,12 +385,11 @@ class VLMPolicy(TrainableWeights):
             outs.append(F.pad(resp, (0, R - resp.shape[1]), value=self.pad_id))
         return torch.cat(outs)
 
-    @staticmethod
-    def _unpadded(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _unpadded(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         patches = t["image_grid_thw"].prod(1).tolist()
         pixel = torch.cat([t["pixel_values"][r, :k] for r, k in enumerate(patches)])
         return {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"], "pixel_values": pixel,
-                "image_grid_thw": t["image_grid_thw"]}
+                "image_grid_thw": t["image_grid_thw"], "mm_token_type_ids": self._token_types(t["input_ids"])}
 
     def reward_inputs(self, rollout: Rollout) -> tuple[list[str], list]:
         """What reward callables receive: the response texts and the questions (with their answers)."""

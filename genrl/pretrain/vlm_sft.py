@@ -42,6 +42,8 @@ class VLMSFTRecipe:
         default=400, help="Tiny model only: steps of pretraining the vision tower to recognise the digit (or none) in "
                           "each cell, the stand-in for the pretrained vision encoder a real VLM starts from.")
     vision_pretrain_lr: float = option(default=1e-3, help="AdamW learning rate of that vision pretraining.")
+    train_vision: bool = option(default=True, help="Also fine-tune the vision tower during SFT.")
+    eval_every: int = option(default=0, help="Print the greedy held-out accuracy every N steps (0 = only at the end).")
     split_size: int = option(default=4000, help="Train questions to fine-tune on.")
     kinds: list[str] = option(default_factory=lambda: list(KINDS), help="Question kinds.")
     data_seed: int = option(default=0, help="Seed of the question set (the RL recipes use the same).")
@@ -100,6 +102,8 @@ def build_vlm_sft(config: VLMSFTRecipe, out_dir: Path, *, progress: bool = True)
     model, processor = load_vlm(source)
     if not config.base_checkpoint and config.vision_pretrain_steps:
         pretrain_vision(model, processor, train, config, progress=progress)
+    if not config.train_vision:
+        model.model.visual.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
@@ -118,6 +122,11 @@ def build_vlm_sft(config: VLMSFTRecipe, out_dir: Path, *, progress: bool = True)
         sched.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+            acc = greedy_accuracy(model, processor, min(100, config.eval_questions), config)
+            print(f"[genrl] vlm sft step {step + 1}: loss {loss.item():.3f}, held-out greedy accuracy {acc:.3f}",
+                  flush=True)
+            model.train()
     model.eval()
     model.save_pretrained(str(out_dir))
     for name in PROCESSOR_FILES:
@@ -171,6 +180,24 @@ def pretrain_vision(model, processor, data: VisualArithmetic, config: VLMSFTReci
         opt.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+
+
+def greedy_accuracy(model, processor, n: int, config: VLMSFTRecipe) -> float:
+    """Held-out greedy accuracy of the model being trained (a temporary folder-free policy around it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp) if hasattr(processor, "video_processor") and processor.video_processor \
+            else _save_processor_files(processor, Path(tmp))
+        return heldout_accuracy(Path(tmp), n, config.data_seed, config.kinds, config.system_prompt)
+
+
+def _save_processor_files(processor, out: Path) -> None:
+    processor.tokenizer.save_pretrained(str(out))
+    processor.image_processor.save_pretrained(str(out))
+    (out / "chat_template.jinja").write_text(processor.chat_template)
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": type(processor).__name__}))
 
 
 @torch.no_grad()
