@@ -465,3 +465,33 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert any(not torch.equal(a[k], init[k]) for k in a)  # the run trained
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert straight.history[-1]["policy_loss"] == second.history[-1]["policy_loss"]
+
+
+def test_genrl_eval_scores_a_vlm_on_a_local_mathvista_folder(tmp_path, tiny_base):
+    """`genrl eval CKPT --benchmark mathvista --data DIR` through the real CLI: the folder's questions are read,
+    answered by the policy and scored; a folder without testmini.json is refused before any model loads."""
+    import json
+
+    from PIL import Image
+
+    from tests.helpers import run_genrl
+
+    data = tmp_path / "mathvista"
+    (data / "images").mkdir(parents=True)
+    rows = {}
+    for i in range(3):
+        Image.fromarray(VisualArithmetic("heldout", 4)[i].image).save(data / "images" / f"{i}.png")
+        rows[str(i)] = {"question": "What is the sum of the digits?", "image": f"images/{i}.png", "choices": None,
+                        "answer": VisualArithmetic("heldout", 4)[i].answer, "question_type": "free_form",
+                        "answer_type": "integer", "precision": None, "metadata": {"task": "math word problem"},
+                        "query": "What is the sum of the digits?"}
+    (data / "testmini.json").write_text(json.dumps(rows))
+    out = tmp_path / "eval"
+    run_genrl("eval", tiny_base, "--benchmark", "mathvista", "--data", data, "--seeds", "1", "--out", out,
+              cwd=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    text = json.dumps(metrics)
+    assert "accuracy" in text and "format" in text
+    assert (out / "report.html").is_file()
+    bad = run_genrl("eval", tiny_base, "--benchmark", "mathvista", "--data", tmp_path, cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "testmini.json" in bad.stderr + bad.stdout

@@ -34,6 +34,7 @@ class VisualMathConfig:
     seed: int = option(default=0, help="Seed of the sampling.")
     limit: int | None = option(default=None, help="Only the first N questions (a quick look).")
     system_prompt: str = option(default=DEFAULT_SYSTEM, help="System message.")
+    max_new_tokens: int | None = option(default=None, help="Response length cap; null = the policy's.")
     pass_k: list[int] = option(default_factory=lambda: [1], help="k of pass@k (k <= n_per_prompt).")
 
     def validate(self) -> None:
@@ -89,7 +90,8 @@ class VisualMathBenchmark:
         questions = [q for q in self.questions for _ in range(cfg.n_per_prompt)]
         prompts = [_Prompt(i, q.image, prompt_text(q)) for i, q in enumerate(questions)]
         texts = policy.answer(prompts, seed=seed, step=0, sample_ids=torch.arange(len(questions)),
-                              temperature=cfg.temperature, system=cfg.system_prompt)
+                              temperature=cfg.temperature, system=cfg.system_prompt,
+                              max_new_tokens=cfg.max_new_tokens)
         scored = score_questions(questions, texts)
         correct = np.array([q["correct"] for q in scored["questions"]], float)
         return SeedResult(seed=seed, groups=[q.qid for q in questions],

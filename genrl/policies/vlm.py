@@ -198,14 +198,16 @@ class VLMPolicy(TrainableWeights):
         msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.question}]}]
 
-    def encode_prompts(self, items, images, *, system: str | None = None) -> dict[str, torch.Tensor]:
-        """Chat prompts + images -> processor tensors, left-padded to ``max_prompt_tokens``; checked."""
+    def encode_prompts(self, items, images, *, system: str | None = None, fixed_length: bool = True
+                       ) -> dict[str, torch.Tensor]:
+        """Chat prompts + images -> processor tensors, left-padded to ``max_prompt_tokens`` (training's fixed
+        layout; ``fixed_length=False``, for evaluation: to the longest prompt); image tokens checked."""
         system = self.config.system_prompt if self.config.system_prompt is not None else system
         texts = [self.processor.apply_chat_template(self._messages(it, system), add_generation_prompt=True)
                  for it in items]
         enc = self.processor(text=texts, images=[_to_pil(im) for im in images], return_tensors="pt", padding=True)
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        P = self.config.max_prompt_tokens
+        P = self.config.max_prompt_tokens if fixed_length else ids.shape[1]
         lengths = mask.sum(1)
         for i in range(len(items)):
             if lengths[i] > P:
@@ -363,10 +365,10 @@ class VLMPolicy(TrainableWeights):
         return Rollout(tensors, {"step": step, "seed": seed})
 
     def _generate(self, model, enc, temperature: float, top_p: float, seed: int, step: int,
-                  sample_ids: torch.Tensor) -> torch.Tensor:
+                  sample_ids: torch.Tensor, max_new_tokens: int | None = None) -> torch.Tensor:
         """Sampled responses [B, R] (eos then pad after the end), generated ``forward_chunk`` rows at a time
         under an RNG keyed by (seed, step, first sample id) of the chunk."""
-        R = self.config.max_new_tokens
+        R = max_new_tokens or self.config.max_new_tokens
         outs = []
         inner = getattr(model, "module", model)
         for lo in range(0, len(enc["prompt_ids"]), self.config.forward_chunk):
@@ -411,10 +413,12 @@ class VLMPolicy(TrainableWeights):
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
     def answer(self, items, *, seed: int, step: int, sample_ids: torch.Tensor, temperature: float,
-               top_p: float = 1.0, system: str | None = None) -> list[str]:
-        """Sampled (temperature > 0) or greedy responses to raw-image questions, as text (evaluation)."""
-        enc = self.encode_prompts(items, [it.image for it in items], system=system)
-        resp = self._generate(self.engine_model.eval(), enc, temperature, top_p, seed, step, sample_ids)
+               top_p: float = 1.0, system: str | None = None, max_new_tokens: int | None = None) -> list[str]:
+        """Sampled (temperature > 0) or greedy responses to raw-image questions, as text (evaluation; prompts
+        of any length, ``max_new_tokens`` defaulting to the policy's)."""
+        enc = self.encode_prompts(items, [it.image for it in items], system=system, fixed_length=False)
+        resp = self._generate(self.engine_model.eval(), enc, temperature, top_p, seed, step, sample_ids,
+                              max_new_tokens)
         texts = []
         for row in resp:
             end = (row == self.eos_id).nonzero()

@@ -208,7 +208,7 @@ def heldout_accuracy(path: Path, n: int, data_seed: int, kinds: list[str], syste
 
     if n <= 0:
         return float("nan")
-    policy = VLMPolicy(VLMPolicy.Config(base_checkpoint=str(path), max_prompt_tokens=256, max_new_tokens=48), base_dir=path)
+    policy = VLMPolicy(VLMPolicy.Config(base_checkpoint=str(path), max_new_tokens=48), base_dir=path)
     items = VisualArithmetic("heldout", n, data_seed, tuple(kinds)).items(range(n))
     texts = policy.answer(items, seed=0, step=0, sample_ids=torch.arange(n), temperature=0.0, system=system)
     return sum(answers_match(extract_answer(t), it.answer) for t, it in zip(texts, items)) / n
