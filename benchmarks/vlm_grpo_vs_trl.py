@@ -48,13 +48,14 @@ TRL's loss, whose chunked log-prob kernel allocates many tensors that determinis
 What is NOT the same (inherent to the two designs; printed as notes): genrl lays every sequence out
 at a fixed length (prompt left-padded to ``max_prompt_tokens``, here the longest prompt of the
 questions used; response right-padded to ``max_new_tokens``), generates ``forward_chunk`` rows per
-call, and re-scores each rollout once without gradients to store the old log-probs and entropies,
-while TRL pads to the batch's longest sequence, generates the whole batch in one call, and, when every
-generation serves exactly one update, takes the old log-probs from the loss forward itself
-(``per_token_logps.detach()``). The sampled responses differ (different random streams), so their
-lengths, and the generation time, differ; both are printed. ``--trl-text-positions`` drops
-``mm_token_type_ids`` from TRL's processor outputs, so that Qwen2.5-VL computes 1-D text positions
-as it does for genrl's policy, which does not pass them (the log-prob check shows whether it needs to).
+call (with ``--old-log-probs rollout`` it also re-scores each rollout once without gradients; the
+default ``update``, like TRL when every generation serves exactly one update, takes the old log-probs
+from the loss forward itself), while TRL pads to the batch's longest sequence and generates the whole
+batch in one call. TRL also suppresses only the image token in sampling (genrl: all vision tokens). The sampled responses differ (different random streams), so their
+lengths, and the generation time, differ; both are printed. ``--trl-text-positions`` (a diagnostic)
+drops ``mm_token_type_ids`` from TRL's processor outputs, so that Qwen2.5-VL falls back to 1-D text
+positions, as it does for a policy that does not pass them; the log-prob check says whether genrl
+computes the same function as TRL with, or only without, them.
 """
 
 from __future__ import annotations
@@ -92,11 +93,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
     ap.add_argument("--train-vision", action="store_true", help="also train the vision tower (both)")
     ap.add_argument("--seed", type=int, default=0, help="seed of both trainers")
+    ap.add_argument("--old-log-probs", choices=("update", "rollout"), default="update",
+                    help="genrl's policy.old_log_probs: 'update' (from the one update's forward, as trl does with "
+                         "one update per generation) or 'rollout' (a no-grad re-score of every rollout)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repetitions of every variant")
     ap.add_argument("--steps-window", type=int, default=8, help="consecutive steps timed per repetition")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of every variant before timing")
     ap.add_argument("--trl-text-positions", action="store_true",
-                    help="drop mm_token_type_ids from TRL's processor outputs (1-D text positions, as genrl's policy)")
+                    help="drop mm_token_type_ids from TRL's processor outputs (Qwen2.5-VL then uses 1-D text "
+                         "positions): for a genrl policy that does not pass them, an equal-work timing")
     ap.add_argument("--deterministic", choices=("default", "on", "off"), default="default",
                     help="torch deterministic algorithms: each framework's default (genrl: on for CPU, TRL: off), "
                          "or on / off for both")
@@ -150,7 +155,8 @@ def genrl_recipe(args, model: Path, prompt_tokens: int, steps: int, *, vogue: bo
         "deterministic": None if args.deterministic == "default" else args.deterministic == "on",
         "policy": {"name": "vlm", "base_checkpoint": str(model), "max_prompt_tokens": prompt_tokens,
                    "max_new_tokens": args.max_new_tokens, "forward_chunk": args.micro_batch,
-                   "train_vision": args.train_vision, "lora": None, "gradient_checkpointing": False},
+                   "train_vision": args.train_vision, "lora": None, "gradient_checkpointing": False,
+                   "old_log_probs": args.old_log_probs},
         "explorer": explorer,
         "prompts": {"name": "visual_arithmetic", "split": "train"},
         "rewards": [{"name": "answer_accuracy", "weight": 1.0}, {"name": "answer_format", "weight": 0.2}],
@@ -343,7 +349,7 @@ class TrlTimer:
 
 def without_mm_token_types(processor):
     """The same processor, its outputs without ``mm_token_type_ids`` (``--trl-text-positions``): Qwen2.5-VL then
-    falls back to 1-D text positions, as it does for genrl's VLM policy, which does not pass them."""
+    falls back to 1-D text positions, as it does for any caller that does not pass them."""
     base = type(processor)
 
     class NoTokenTypes(base):
@@ -643,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"step's questions (initial weights) = {d['trl']:.1e}"
                      + (f" (TRL without mm_token_type_ids: {d['trl, text positions']:.1e})"
                         if not args.trl_text_positions else " (TRL run with --trl-text-positions)"))
+        if d["trl"] > 1e-4 and (args.trl_text_positions or d["trl, text positions"] > 1e-4):
+            lines.append("WARNING: genrl and TRL give the same response different log-probs: the two trainers do "
+                         "not sample and train the same function of the weights.")
         if not args.trl_text_positions and d["trl"] > 1e-4 and d["trl, text positions"] <= 1e-4:
             lines.append("NOTE: genrl's VLM policy does not pass mm_token_type_ids to the model, so Qwen2.5-VL uses 1-D "
                          "text positions instead of its 3-D M-RoPE image positions (which the processor, SFT and TRL "
@@ -677,11 +686,14 @@ def main(argv: list[str] | None = None) -> int:
     lines += verdicts
     if "trl" in samples:
         lines.append("")
+        rescore = ("re-scores each rollout once without gradients (old log-probs, entropies)"
+                   if args.old_log_probs == "rollout" else "like TRL takes the old log-probs from the update's forward")
         lines.append("not equal by design: genrl pads every prompt to max_prompt_tokens and every response to "
-                     "max_new_tokens and re-scores each rollout once without gradients (old log-probs, entropies); "
-                     "TRL pads to the batch's longest sequence and, one update per generation, reuses the loss "
-                     "forward's log-probs as the old ones. TRL also suppresses the image token in sampling. The "
-                     "sampled responses (hence their lengths) differ between the two.")
+                     f"max_new_tokens and {rescore}; TRL pads to the batch's longest sequence. TRL also suppresses "
+                     "only the image token in sampling, and "
+                     "divides by the group's sample std (genrl: population std; advantages differ by a constant "
+                     f"factor sqrt({tc.group_size - 1}/{tc.group_size}), which changes no timing). The sampled "
+                     "responses (hence their lengths) differ between the two.")
         if tc.micro_batch_size < tc.minibatch_size:
             lines.append(f"micro-batch {tc.micro_batch_size} < batch {tc.minibatch_size}: genrl also generates "
                          f"{pc.forward_chunk} rows per generate call, TRL the whole batch in one call.")

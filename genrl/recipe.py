@@ -159,6 +159,12 @@ class TrainRecipe:
             if allowed is not None and spec.name not in allowed:
                 raise ValueError(f"{section}: policy {self.policy.name!r} works with {section} {list(allowed)}, "
                                  f"got {spec.name!r}")
+        batch = self.trainer.prompts_per_step * self.trainer.group_size
+        if getattr(self.policy.config, "old_log_probs", "rollout") == "update" and (
+                self.trainer.inner_epochs != 1 or self.trainer.minibatch_size != batch):
+            raise ValueError(f"policy: old_log_probs 'update' needs one optimizer step per rollout: trainer.inner_epochs 1 "
+                             f"and trainer.minibatch_size = prompts_per_step x group_size = {batch} (got "
+                             f"{self.trainer.inner_epochs} and {self.trainer.minibatch_size})")
         need = getattr(OBJECTIVES.get(self.objective.name), "explorer_flag", None)
         if need and not getattr(self.explorer.config, need, False):
             raise ValueError(f"explorer: objective {self.objective.name!r} needs an explorer with {need}: true "

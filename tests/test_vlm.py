@@ -208,8 +208,10 @@ def test_noisy_image_is_keyed_clipped_and_identity_at_sigma_zero():
 
 # ----------------------------------------------------------------------------- 5. on-policy ratio
 @pytest.mark.parametrize("extra", [[], ["trainer.micro_batch_size=8", "policy.forward_chunk=3"],
-                                   ["explorer={name: noisy_image, uncertainty: true, p_start: 0.5}"]],
-                         ids=["micro_eq_chunk", "micro8_chunk3", "noisy_rows_update_on_raw_image"])
+                                   ["explorer={name: noisy_image, uncertainty: true, p_start: 0.5}"],
+                                   ["policy.old_log_probs=update"]],
+                         ids=["micro_eq_chunk", "micro8_chunk3", "noisy_rows_update_on_raw_image",
+                              "old_log_probs_from_the_update_forward"])
 def test_first_update_is_on_policy_ratio_exactly_one(tmp_path, extra):
     trainer = _trainer(tmp_path, "trainer.steps=1", "trainer.minibatch_size=16", "trainer.inner_epochs=1",
                        "objective.kl_beta=0.01", *extra)
@@ -495,3 +497,20 @@ def test_genrl_eval_scores_a_vlm_on_a_local_mathvista_folder(tmp_path, tiny_base
     assert (out / "report.html").is_file()
     bad = run_genrl("eval", tiny_base, "--benchmark", "mathvista", "--data", tmp_path, cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "testmini.json" in bad.stderr + bad.stdout
+
+
+def test_vogue_uncertainty_is_the_same_measured_at_rollout_or_in_the_update(tmp_path):
+    """policy.old_log_probs=update moves D_t from the rollout's re-score into the update's forward (one forward
+    saved); with one update per rollout both see the same weights, so the shaped loss must agree."""
+    metrics = []
+    for mode in ("rollout", "update"):
+        reset_accelerate()
+        trainer = _trainer(tmp_path / mode, "trainer.steps=1", "trainer.minibatch_size=16", "trainer.inner_epochs=1",
+                           f"policy.old_log_probs={mode}", "explorer.p_start=1.0")
+        trainer.train()
+        metrics.append(trainer.history[-1])
+    rollout, update = metrics
+    assert rollout["vogue/uncertainty"] > 0
+    assert update["vogue/uncertainty"] == pytest.approx(rollout["vogue/uncertainty"], rel=1e-5)
+    assert update["vogue/bonus"] == pytest.approx(rollout["vogue/bonus"], rel=1e-5)
+    assert update["policy_loss"] == pytest.approx(rollout["policy_loss"], rel=1e-5, abs=1e-7)

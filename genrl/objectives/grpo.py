@@ -96,9 +96,9 @@ class GRPO:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def token_advantages(self, batch: Rollout, adv: torch.Tensor) -> torch.Tensor:
+    def token_advantages(self, batch: Rollout, adv: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, T] advantages; plain GRPO gives every token its response's advantage."""
-        return adv.expand_as(batch["old_log_probs"])
+        return adv.expand_as(out["log_probs"])
 
     def __call__(self, policy, batch: Rollout) -> LossOutput:
         cfg = self.config
@@ -106,10 +106,12 @@ class GRPO:
         if cfg.mask_truncated:
             mask = mask * (~batch["truncated"]).unsqueeze(1).float()
         adv = batch["advantages"].clamp(-cfg.adv_clip, cfg.adv_clip).unsqueeze(1)  # [B, 1]
-        token_adv = self.token_advantages(batch, adv)
         out = policy.score(batch)
-        per_token, ratio = clipped_surrogate(out["log_probs"], batch["old_log_probs"], token_adv,
-                                             cfg.clip_low, cfg.clip_high)
+        # Old log-probs from the rollout's re-score, or (policy.old_log_probs: update, one optimizer step per
+        # rollout) from this very forward, detached: the weights that sampled are the weights scoring now.
+        old = batch["old_log_probs"] if "old_log_probs" in batch else out["log_probs"].detach()
+        token_adv = self.token_advantages(batch, adv, out)
+        per_token, ratio = clipped_surrogate(out["log_probs"], old, token_adv, cfg.clip_low, cfg.clip_high)
         max_tokens = mask.shape[1]
         policy_loss = aggregate(per_token, mask, cfg.loss_agg, max_tokens)
         loss = policy_loss
@@ -123,7 +125,7 @@ class GRPO:
         with torch.no_grad():
             m = mask.bool()
             n = m.sum().clamp(min=1)
-            log_ratio = (out["log_probs"] - batch["old_log_probs"])[m]
+            log_ratio = (out["log_probs"] - old)[m]
             clipped = ((ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high))[m]
             metrics.update({
                 "policy_loss": float(policy_loss.detach()),
@@ -134,10 +136,10 @@ class GRPO:
                 "response_tokens": float(batch["response_mask"].sum(1).mean()),
                 "truncated_share": float(batch["truncated"].float().mean()),
             })
-            metrics.update(self.extra_metrics(batch, adv, token_adv, mask))
+            metrics.update(self.extra_metrics(batch, adv, token_adv, mask, out))
         return LossOutput(loss, metrics)
 
-    def extra_metrics(self, batch: Rollout, adv, token_adv, mask) -> dict[str, float]:
+    def extra_metrics(self, batch: Rollout, adv, token_adv, mask, out) -> dict[str, float]:
         return {}
 
 
@@ -170,28 +172,32 @@ class Vogue(GRPO):
 
     explorer_flag = "uncertainty"  # the explorer must measure D_t (checked when the recipe is validated)
 
-    def _bonus_inputs(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        if "vis_uncertainty" not in batch:
+    def _bonus_inputs(self, batch: Rollout, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "vis_uncertainty" in batch:
+            d = batch["vis_uncertainty"]  # measured at rollout
+        elif "divergence" in out:
+            d = out["divergence"].detach()  # measured by this forward (policy.old_log_probs: update)
+        else:
             raise ValueError("objective vogue needs the visual uncertainty D_t in the rollout: use explorer vogue "
                              "(or noisy_image with uncertainty: true)")
         mask = batch["response_mask"]
-        d = batch["vis_uncertainty"]
         if self.config.uncertainty_scope == "sequence":
             d = ((d * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)).expand_as(d)
-        return d * mask, batch["entropies"] * mask
+        entropies = batch["entropies"] if "entropies" in batch else out["entropies"].detach()  # sg(H_t)
+        return d * mask, entropies * mask
 
-    def token_advantages(self, batch: Rollout, adv: torch.Tensor) -> torch.Tensor:
+    def token_advantages(self, batch: Rollout, adv: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
         c = self.config
-        d, h = self._bonus_inputs(batch)
+        d, h = self._bonus_inputs(batch, out)
         shaped = vogue_shaped_advantage(adv, d, h, a_v=c.a_v, b_v=c.b_v, a_e=c.a_e, b_e=c.b_e)
         plain = adv.expand_as(shaped)
         if c.shaped_rows == "noisy":
             return torch.where(batch["noisy"].unsqueeze(1), shaped, plain)
         return shaped
 
-    def extra_metrics(self, batch: Rollout, adv, token_adv, mask) -> dict[str, float]:
+    def extra_metrics(self, batch: Rollout, adv, token_adv, mask, out) -> dict[str, float]:
         n = mask.sum().clamp(min=1)
-        d, _ = self._bonus_inputs(batch)
+        d, _ = self._bonus_inputs(batch, out)
         return {"vogue/uncertainty": float(d.sum() / n),
                 "vogue/bonus": float(((token_adv - adv) * mask).sum() / n),
                 "vogue/noisy_share": float(batch["noisy"].float().mean())}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -85,6 +86,11 @@ class VLMPolicy(TrainableWeights):
         forward_chunk: int = option(default=16, help="Rows per network call; fixed so results do not depend on batching.")
         logprob_chunk: int = option(default=64, help="Response positions per log-softmax chunk (bounds vocab memory).")
         gradient_checkpointing: bool = option(default=False, help="Re-compute decoder activations in backward.")
+        old_log_probs: Literal["rollout", "update"] = option(
+            default="rollout",
+            help="Where the old log-probs come from: a no-grad re-score at rollout, or the update's own forward, "
+                 "detached ('update': exact only when each rollout feeds ONE optimizer step — trainer.inner_epochs 1 "
+                 "and minibatch_size = the whole batch — and it saves one forward per sample, as trl does).")
 
         def validate(self) -> None:
             if self.base_checkpoint and self.base_recipe:
@@ -259,10 +265,12 @@ class VLMPolicy(TrainableWeights):
         return (input_ids == self.image_token_id).long()
 
     def token_stats(self, model: nn.Module, t: dict[str, torch.Tensor], *, entropy: bool = False,
-                    compare_pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    compare_pixels: torch.Tensor | None = None, temperature: float = 1.0) -> dict[str, torch.Tensor]:
         """Teacher-forced log p(response token) [B, R] of the full sequences in ``t`` — the one scoring
         function of rollout (old log-probs) and update (with gradients) — plus, on request, the token
-        entropies [B, R] and the symmetric KL [B, R] to the same model shown ``compare_pixels`` instead."""
+        entropies [B, R] and the symmetric KL [B, R] to the same model shown ``compare_pixels`` instead.
+        ``temperature`` is the sampling one: the policy that generated the tokens is softmax(logits / T)."""
+        scale = 1.0 / temperature if temperature > 0 else 1.0
         R, rows, width = self.config.max_new_tokens, self.config.forward_chunk, self.config.logprob_chunk
         head = self._lm_head(model)
         names = t["sample_ids"].tolist() if "sample_ids" in t else list(range(len(t["input_ids"])))
@@ -274,19 +282,22 @@ class VLMPolicy(TrainableWeights):
             h = self._response_hidden(model, inputs)
             targets = inputs["input_ids"][:, -R:]
             h2 = None
-            if compare_pixels is not None:
+            if compare_pixels is not None:  # D_t is used without gradient (sg): no graph for the second branch
                 other, _ = self._chunk_inputs({**t, "pixel_values": compare_pixels}, lo, hi)
-                h2 = self._response_hidden(model, other)
+                with torch.no_grad():
+                    h2 = self._response_hidden(model, other)
             row_lp, row_ent, row_div = [], [], []
             for s in range(0, R, width):
                 e = min(s + width, R)
-                args = (h[:, s:e], targets[:, s:e], head.weight, head.bias)
+                args = (h[:, s:e], targets[:, s:e], head.weight, head.bias, scale)
                 lp, ent = checkpoint(_chunk_stats, *args, use_reentrant=False) if torch.is_grad_enabled() \
                     else _chunk_stats(*args)
                 row_lp.append(lp[:n])
                 row_ent.append(ent[:n])
                 if h2 is not None:
-                    row_div.append(_chunk_divergence(h[:n, s:e], h2[:n, s:e], head.weight, head.bias))
+                    with torch.no_grad():
+                        row_div.append(_chunk_divergence(h[:n, s:e].detach(), h2[:n, s:e], head.weight, head.bias,
+                                                         scale))
             lps.append(torch.cat(row_lp, 1))
             ents.append(torch.cat(row_ent, 1))
             if h2 is not None:
@@ -325,8 +336,7 @@ class VLMPolicy(TrainableWeights):
             raise ValueError("the vlm policy needs a prompt source with items (e.g. prompts: {name: visual_arithmetic})")
         model = self.engine_model
         model.eval()
-        for i, it in zip(prompts.tolist(), items):
-            self._items[int(i)] = it
+        self._items = {int(i): it for i, it in zip(prompts.tolist(), items)}  # this piece's, for reward_inputs
         groups = group_ids if group_ids is not None else sample_ids
         noisy = plan.noisy_rows(step, groups, sample_ids)  # [B] bool
         raw_images = [it.image for it in items]
@@ -347,6 +357,11 @@ class VLMPolicy(TrainableWeights):
             t["pixel_values"] = self.encode_prompts(items, raw_images, system=system)["pixel_values"]
         t = {k: v.to(self.device) for k, v in t.items()}
         compare = None
+        tensors = {"prompts": prompts.to(self.device), "sample_ids": sample_ids.to(self.device), **t,
+                   "noisy": noisy.to(self.device), "truncated": truncated.to(self.device)}
+        mask = response_mask.to(self.device).float()
+        tensors["response_mask"] = mask
+        meta = {"step": step, "seed": seed, "temperature": plan.temperature}
         if plan.uncertainty:
             # VOGUE's D_t = KL(P_t || Q_t) + KL(Q_t || P_t), P/Q = the token distributions with the raw / the
             # noisy image, teacher-forced on the same sampled response, no gradient. Symmetric, so each row
@@ -354,15 +369,17 @@ class VLMPolicy(TrainableWeights):
             others = [it.image if (nz and plan.update_image == "branch") else plan.noisy_image(it.image, step, int(g))
                       for it, g, nz in zip(items, groups.tolist(), noisy.tolist())]
             compare = self.encode_prompts(items, others, system=system)["pixel_values"].to(self.device)
-        stats = self.token_stats(model, t, entropy=True, compare_pixels=compare)
-        mask = response_mask.to(self.device).float()
-        tensors = {"prompts": prompts.to(self.device), "sample_ids": sample_ids.to(self.device), **t,
-                   "response_mask": mask, "old_log_probs": stats["log_probs"] * mask,
-                   "entropies": stats["entropies"] * mask, "noisy": noisy.to(self.device),
-                   "truncated": truncated.to(self.device)}
+        if self.config.old_log_probs == "update":
+            # The objective takes the old log-probs (and D_t, from the other image's no-grad forward) from the
+            # update's own forward: the weights that sampled are the weights that score.
+            if compare is not None:
+                tensors["compare_pixel_values"] = compare
+            return Rollout(tensors, meta)
+        stats = self.token_stats(model, t, entropy=True, compare_pixels=compare, temperature=plan.temperature)
+        tensors.update({"old_log_probs": stats["log_probs"] * mask, "entropies": stats["entropies"] * mask})
         if compare is not None:
             tensors["vis_uncertainty"] = stats["divergence"] * mask
-        return Rollout(tensors, {"step": step, "seed": seed})
+        return Rollout(tensors, meta)
 
     def _generate(self, model, enc, temperature: float, top_p: float, seed: int, step: int,
                   sample_ids: torch.Tensor, max_new_tokens: int | None = None) -> torch.Tensor:
@@ -404,11 +421,13 @@ class VLMPolicy(TrainableWeights):
     def score(self, batch: Rollout, *, reference: bool = False) -> dict[str, torch.Tensor]:
         """Per-token log-probs [B, R] of the stored responses (with gradients unless ``reference``)."""
         t = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "sample_ids")}
+        temperature = batch.meta.get("temperature", 1.0)
         if reference:
             with self.reference() as ref:
-                return self.token_stats(ref, t)
+                return self.token_stats(ref, t, temperature=temperature)
         self.engine_model.train()
-        return self.token_stats(self.engine_model, t, entropy=True)
+        compare = batch["compare_pixel_values"] if "compare_pixel_values" in batch else None  # VOGUE, update mode
+        return self.token_stats(self.engine_model, t, entropy=True, temperature=temperature, compare_pixels=compare)
 
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -427,17 +446,19 @@ class VLMPolicy(TrainableWeights):
         return texts
 
 
-def _chunk_stats(h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    logits = F.linear(h, weight, bias).float()
+def _chunk_stats(h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 scale: float = 1.0):
+    logits = F.linear(h, weight, bias).float() * scale
     logp = torch.log_softmax(logits, -1)
     token = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     ent = -(logp.exp() * logp).sum(-1)
     return token, ent
 
 
-def _chunk_divergence(h: torch.Tensor, h2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    return symmetric_kl(torch.log_softmax(F.linear(h, weight, bias).float(), -1),
-                        torch.log_softmax(F.linear(h2, weight, bias).float(), -1))
+def _chunk_divergence(h: torch.Tensor, h2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      scale: float = 1.0):
+    return symmetric_kl(torch.log_softmax(F.linear(h, weight, bias).float() * scale, -1),
+                        torch.log_softmax(F.linear(h2, weight, bias).float() * scale, -1))
 
 
 def symmetric_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
