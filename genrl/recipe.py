@@ -152,13 +152,17 @@ class TrainRecipe:
                                  f"{self.eval.name!r}; expected one of {sorted(names)}")
         if not self.rewards:
             raise ValueError("rewards: at least one reward component is needed")
-        policy_cls = POLICIES.get(self.policy.name)
-        for section, spec, allowed in (("explorer", self.explorer, getattr(policy_cls, "explorer_names", None)),
-                                       ("objective", self.objective, getattr(policy_cls, "objective_names", None)),
-                                       ("prompts", self.prompts, getattr(policy_cls, "prompt_names", None))):
-            if allowed is not None and spec.name not in allowed:
-                raise ValueError(f"{section}: policy {self.policy.name!r} works with {section} {list(allowed)}, "
-                                 f"got {spec.name!r}")
+        # Components may name the policies they work with (``policies = (...)``); unnamed ones (plug-ins) pass.
+        for section, spec, registry in (("explorer", self.explorer, EXPLORERS), ("objective", self.objective, OBJECTIVES),
+                                        ("prompts", self.prompts, PROMPTS)):
+            allowed = getattr(registry.get(spec.name), "policies", None)
+            if allowed is not None and self.policy.name not in allowed:
+                raise ValueError(f"{section}: {spec.name!r} works with the policies {list(allowed)}, not with "
+                                 f"{self.policy.name!r}")
+        if getattr(POLICIES.get(self.policy.name), "needs_prompt_items", False) and \
+                not hasattr(PROMPTS.get(self.prompts.name), "items"):
+            raise ValueError(f"prompts: policy {self.policy.name!r} needs a prompt source with items (questions with "
+                             f"images), e.g. visual_arithmetic; {self.prompts.name!r} gives ids only")
         batch = self.trainer.prompts_per_step * self.trainer.group_size
         if getattr(self.policy.config, "old_log_probs", "rollout") == "update" and (
                 self.trainer.inner_epochs != 1 or self.trainer.minibatch_size != batch):

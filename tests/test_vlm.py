@@ -514,3 +514,17 @@ def test_vogue_uncertainty_is_the_same_measured_at_rollout_or_in_the_update(tmp_
     assert update["vogue/uncertainty"] == pytest.approx(rollout["vogue/uncertainty"], rel=1e-5)
     assert update["vogue/bonus"] == pytest.approx(rollout["vogue/bonus"], rel=1e-5)
     assert update["policy_loss"] == pytest.approx(rollout["policy_loss"], rel=1e-5, abs=1e-7)
+
+
+def test_components_of_another_model_family_are_refused_by_name():
+    """An explorer or objective built for flow models in a VLM recipe (and vice versa) is a recipe error that
+    names the component and the policies it works with — not a crash at the first rollout."""
+    from genrl.config.load import load_recipe
+    from genrl.recipe import TrainRecipe
+
+    with pytest.raises(RecipeError, match=r"explorer: 'sde' works with the policies \['flow_image'\], not with 'vlm'"):
+        load_recipe(SMOKE_VLM, TrainRecipe, ["explorer={name: sde}", "objective={name: grpo}"])
+    with pytest.raises(RecipeError, match=r"objective: 'flow_grpo' works with the policies \['flow_image'\]"):
+        load_recipe(SMOKE_VLM, TrainRecipe, ["explorer={name: sampling}", "objective={name: flow_grpo}"])
+    with pytest.raises(RecipeError, match=r"prompts: policy 'vlm' needs a prompt source with items"):
+        load_recipe(SMOKE_VLM, TrainRecipe, ["prompts={name: digit_classes}"])

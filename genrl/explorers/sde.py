@@ -107,6 +107,8 @@ class SDEExplorer:
     window the sampler is the plain ODE unless ``sde_outside_window``.
     """
 
+    policies = ("flow_image",)
+
     @dataclass
     class Config:
         noise_rule: NoiseRule = option(default="flow_grpo", help="SDE noise rule: flow_grpo, dance_grpo or cps.")

@@ -72,6 +72,7 @@ class SamplingOptions:
 
 @EXPLORERS.register("sampling")
 class SamplingExplorer:
+    policies = ("vlm",)
     Config = SamplingOptions
 
     def __init__(self, config, *, seed: int) -> None:

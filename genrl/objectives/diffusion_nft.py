@@ -75,6 +75,8 @@ def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x0: 
 
 @OBJECTIVES.register("diffusion_nft")
 class DiffusionNFT:
+    policies = ("flow_image",)  # forward-process velocity loss
+
     @dataclass
     class Config:
         beta: float = option(default=1.0, help="Guidance strength beta of v+/v- (paper 0.1..1; [code] default 1).")

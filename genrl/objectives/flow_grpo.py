@@ -36,6 +36,8 @@ from genrl.trainer.rollout import Rollout
 
 @OBJECTIVES.register("flow_grpo")
 class FlowGRPO:
+    policies = ("flow_image",)  # per-step Gaussian log-probs of a flow sampler
+
     @dataclass
     class Config:
         clip_range: float = option(default=1e-4, help="PPO clip epsilon on the per-step ratio (Flow-GRPO: 1e-4..1e-3).")

@@ -70,6 +70,8 @@ def vogue_shaped_advantage(adv: torch.Tensor, uncertainty: torch.Tensor, entropy
 
 @OBJECTIVES.register("grpo")
 class GRPO:
+    policies = ("vlm",)  # token log-probs
+
     @dataclass
     class Config:
         clip_low: float = option(default=0.2, help="Lower clip epsilon: ratios below 1 - clip_low are clipped.")

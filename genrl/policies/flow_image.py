@@ -63,9 +63,6 @@ def read_checkpoint_meta(path: Path) -> dict:
 class FlowImagePolicy(TrainableWeights):
     """Class/prompt-conditioned flow-matching image generator as a stochastic policy."""
 
-    explorer_names = ("sde",)
-    objective_names = ("flow_grpo", "diffusion_nft")
-
     @dataclass
     class Config:
         base_checkpoint: str | None = option(

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from genrl.config.validate import option
+from genrl.policies.flow_image import LoraOptions
 from genrl.policies.weights import TrainableWeights
 from genrl.registry import POLICIES
 from genrl.rng import Purpose, key_seed
@@ -35,10 +36,11 @@ from genrl.trainer.rollout import Rollout
 
 
 @dataclass
-class VLMLoraOptions:
+class VLMLoraOptions(LoraOptions):
+    """LoRA on the language model's attention and MLP projections (Qwen2/Llama names)."""
+
     rank: int = option(default=16, help="LoRA rank r.")
     alpha: float = option(default=32.0, help="LoRA alpha (scale = alpha / r).")
-    dropout: float = option(default=0.0, help="LoRA dropout; keep 0 for an exact on-policy ratio.")
     target_modules: list[str] = option(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         help="Module names (suffixes) of the language model that get adapters.",
@@ -67,9 +69,7 @@ def _to_pil(image):
 class VLMPolicy(TrainableWeights):
     """Image + question -> sampled response; per-token log-probs for GRPO-family objectives."""
 
-    explorer_names = ("sampling", "noisy_image", "vogue")
-    objective_names = ("grpo", "vogue")
-    prompt_names = ("visual_arithmetic",)
+    needs_prompt_items = True  # questions with images, not ids (checked when the recipe is validated)
 
     @dataclass
     class Config:
