@@ -25,6 +25,7 @@ from genrl.preference.labelling import LabelRecipe
 from genrl.preference.train import RewardTrainRecipe
 from genrl.pretrain.classifier import ClassifierRecipe
 from genrl.pretrain.flow_image import FlowPretrainRecipe
+from genrl.pretrain.vlm_sft import VLMSFTRecipe
 from genrl.recipe import TrainRecipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,8 @@ QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 ACCELERATE_DIR = ROOT / "recipes" / "accelerate"
 # Recipes that make an artifact name their kind: base models, classifiers, preference pairs, reward models.
 PRETRAIN_SCHEMAS: dict[str, type] = {"flow_image": FlowPretrainRecipe, "digit_classifier": ClassifierRecipe,
-                                     "preference_labels": LabelRecipe, "preference_reward": RewardTrainRecipe}
+                                     "preference_labels": LabelRecipe, "preference_reward": RewardTrainRecipe,
+                                     "vlm_sft": VLMSFTRecipe}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -120,7 +122,7 @@ def _references(config: TrainRecipe) -> list[tuple[str, str, str | None]]:
     refs: list[tuple[str, str, str | None]] = []
     base = getattr(config.policy.config, "base_recipe", None)
     if base:
-        refs.append(("policy.base_recipe", base, "flow_image"))
+        refs.append(("policy.base_recipe", base, {"flow_image": "flow_image", "vlm": "vlm_sft"}[config.policy.name]))
     for i, spec in enumerate(config.rewards):
         # Defaults count: the quick start's classifier reward names its recipe only by default.
         if getattr(spec.config, "checkpoint", None):

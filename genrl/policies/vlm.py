@@ -329,7 +329,7 @@ class VLMPolicy(TrainableWeights):
                 explorer_config, items=None, group_ids: torch.Tensor | None = None) -> Rollout:
         """Sample one response per row; store the fixed-length sequences and their old log-probs.
 
-        ``plan`` (from the explorer) says which rows see a noisy image (``plan.branch(...)``), which image
+        ``plan`` (from the explorer) says which rows see a noisy image (``plan.noisy_rows``), which image
         the update conditions on, whether to measure visual uncertainty, and the sampling temperature.
         """
         if items is None:
