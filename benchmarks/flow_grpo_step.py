@@ -99,6 +99,20 @@ def record_entry(name: str, lines: list[str], *, hardware: str) -> None:
     print(f"[bench] recorded in {DOC}")
 
 
+def quiet_single_thread() -> None:
+    """One torch thread (2-thread small ops are 10-40x slower on these CPUs), no tokenizer threads, and
+    transformers/datasets without progress bars or warnings: benchmark output is the figures only."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(1)
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
 def utc_date() -> str:
     try:
         return subprocess.run(["date", "-u"], capture_output=True, text=True, timeout=10).stdout.strip()

@@ -49,7 +49,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 LABEL_RECIPE = "reward_models/digit_preference/label.yaml"
 JUDGE_RECIPE = "recipes/eval/digit_judge.yaml"
 
-from benchmarks.flow_grpo_step import cpu_model, peak_rss_mib, record_entry  # noqa: E402
+from benchmarks.flow_grpo_step import cpu_model, peak_rss_mib, quiet_single_thread, record_entry  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -250,13 +250,10 @@ def accuracies(r_c, r_r, sources: list[str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t_start = time.perf_counter()
-    import datasets
+    quiet_single_thread()
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     from genrl.models.digit_classifier import load_classifier
     from genrl.preference.data import read_pairs, save_pairs
@@ -264,9 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     from genrl.preference.text_pairs import judge_digits, to_text_pairs, trl_text_view
     from genrl.pretrain.classifier import classifier_from_recipe
 
-    torch.set_num_threads(1)
-    hf_logging.set_verbosity_error()
-    datasets.disable_progress_bars()
     if args.pairs:
         source = Path(args.pairs)
     else:

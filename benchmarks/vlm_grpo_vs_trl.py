@@ -75,7 +75,7 @@ SFT_RECIPE = ROOT / "recipes" / "pretrain" / "vlm_arith_sft.yaml"
 TARGET_RATIO = 1.0  # genrl s/step / TRL s/step
 TARGET_VOGUE_OVERHEAD = 0.30  # VOGUE s/step / GRPO s/step - 1
 
-from benchmarks.flow_grpo_step import cpu_model, peak_rss_mib, record_entry  # noqa: E402
+from benchmarks.flow_grpo_step import cpu_model, peak_rss_mib, quiet_single_thread, record_entry  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -487,21 +487,14 @@ def fmt_ms(x: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t_start = time.perf_counter()
+    quiet_single_thread()
     import torch
-
-    torch.set_num_threads(1)
-    import datasets
-    from transformers.utils import logging as hf_logging
 
     from genrl.data.visual_arithmetic import SYSTEM_PROMPT
     from genrl.models.vlm import load_processor
     from genrl.prompts.visual_arithmetic import VisualArithmeticPrompts
 
-    hf_logging.set_verbosity_error()
-    datasets.disable_progress_bars()
     t_model = time.perf_counter()
     model_dir = resolve_model(args)
     model_s = time.perf_counter() - t_model  # building the SFT base once (cached afterwards), or nothing
