@@ -548,3 +548,31 @@ def test_two_processes_train_the_vlm_under_ddp(tmp_path, tiny_base):
     assert all(r["ratio/mean"] == 1.0 and r["vogue/uncertainty"] > 0 for r in rows)
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["hardware"]["world_size"] == 2
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "policy.safetensors").is_file()
+
+
+def test_lora_trains_adapters_on_the_language_model_only_and_reloads(tmp_path):
+    """policy.lora puts adapters on the language model's projections only (the vision tower reuses some names);
+    the checkpoint holds just the adapters, and from_checkpoint rebuilds the same policy from them (merged or not)."""
+    from genrl.trainer.checkpoint import latest_checkpoint, load_tensors
+
+    trainer = _trainer(tmp_path, "trainer.steps=1", "policy.lora={rank: 4}")
+    names = list(trainer.policy.trainable_parameters())
+    assert names and all("lora_" in n and "language_model" in n for n in names)
+    assert not any("visual" in n for n in names)
+    trainer.train()
+    ckpt = latest_checkpoint(tmp_path)
+    saved = load_tensors(ckpt / "policy.safetensors")
+    assert set(saved) == set(names)
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # the update moved the adapters
+    items = _questions(2)
+    reloaded = VLMPolicy.from_checkpoint(ckpt)
+    merged = VLMPolicy.from_checkpoint(ckpt, merge=True)
+    t = reloaded.encode_prompts(items, [it.image for it in items], system=items[0].system_prompt)
+    ids = torch.cat([t["prompt_ids"], torch.full((2, reloaded.config.max_new_tokens), reloaded.eos_id)], 1)
+    seq = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": t["pixel_values"],
+           "image_grid_thw": t["image_grid_thw"]}
+    seq["attention_mask"][:, : t["prompt_mask"].shape[1]] = t["prompt_mask"]
+    with torch.no_grad():
+        a = reloaded.token_stats(reloaded.model, seq)["log_probs"]
+        b = merged.token_stats(merged.model, seq)["log_probs"]
+    assert torch.allclose(a, b, atol=1e-5)
