@@ -576,3 +576,33 @@ def test_lora_trains_adapters_on_the_language_model_only_and_reloads(tmp_path):
         a = reloaded.token_stats(reloaded.model, seq)["log_probs"]
         b = merged.token_stats(merged.model, seq)["log_probs"]
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_images_of_different_sizes_line_up_with_max_image_patches(policy, tiny_base):
+    """Two images of different sizes padded to policy.max_image_patches: each row's log-probs equal those it
+    gets alone (padding never leaks into the vision tower), and an image above the cap is refused by name."""
+    import dataclasses
+
+    items = _questions(2)
+    small = dataclasses.replace(items[1], image=items[1].image[:, :112])  # 56 x 112: 32 patches instead of 48
+    capped = VLMPolicy(VLMPolicy.Config(base_checkpoint=str(tiny_base), max_prompt_tokens=128, max_new_tokens=12,
+                                        forward_chunk=2, max_image_patches=64), base_dir=tiny_base)
+    system = items[0].system_prompt
+
+    def log_probs(rows):
+        enc = capped.encode_prompts(rows, [r.image for r in rows], system=system)
+        assert enc["pixel_values"].shape[1] == 64
+        ids = torch.cat([enc["prompt_ids"], torch.full((len(rows), 12), capped.eos_id)], 1)
+        mask = torch.cat([enc["prompt_mask"], torch.ones(len(rows), 12, dtype=torch.long)], 1)
+        with torch.no_grad():
+            return capped.token_stats(capped.model, {"input_ids": ids, "attention_mask": mask,
+                                                     "pixel_values": enc["pixel_values"],
+                                                     "image_grid_thw": enc["image_grid_thw"]})["log_probs"]
+
+    both = log_probs([items[0], small])
+    assert torch.allclose(both[1], log_probs([small])[0], atol=1e-5)
+    assert torch.allclose(both[0], log_probs([items[0]])[0], atol=1e-5)
+    tight = VLMPolicy(VLMPolicy.Config(base_checkpoint=str(tiny_base), max_prompt_tokens=128, max_image_patches=40),
+                      base_dir=tiny_base)
+    with pytest.raises(ValueError, match=r"question \d+: its image has 48 patches, above policy.max_image_patches=40"):
+        tight.encode_prompts(items[:1], [items[0].image], system=system)

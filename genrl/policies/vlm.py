@@ -84,6 +84,11 @@ class VLMPolicy(TrainableWeights):
         lora: VLMLoraOptions | None = option(default=None, help="LoRA adapter settings; null = full fine-tuning.")
         train_vision: bool = option(default=False, help="Also train the vision tower (full fine-tuning only).")
         forward_chunk: int = option(default=16, help="Rows per network call; fixed so results do not depend on batching.")
+        max_image_patches: int | None = option(
+            default=None,
+            help="Pad every image's patches to this many. Needed when images differ in size and a step's batch is "
+                 "generated in pieces (trainer.reward_chunks) or over several processes, whose tensors must line up; "
+                 "null = the largest image of each piece (fine for same-size images).")
         logprob_chunk: int = option(default=64, help="Response positions per log-softmax chunk (bounds vocab memory).")
         gradient_checkpointing: bool = option(default=False, help="Re-compute decoder activations in backward.")
         old_log_probs: Literal["rollout", "update"] = option(
@@ -100,6 +105,8 @@ class VLMPolicy(TrainableWeights):
             for name in ("max_prompt_tokens", "max_new_tokens", "forward_chunk", "logprob_chunk"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name}: must be >= 1")
+            if self.max_image_patches is not None and self.max_image_patches < 1:
+                raise ValueError("max_image_patches: must be >= 1 or null")
             if self.train_vision and self.lora is not None:
                 raise ValueError("train_vision: only with full fine-tuning (lora: null)")
 
@@ -226,7 +233,11 @@ class VLMPolicy(TrainableWeights):
         per_image = (grid.prod(1) // self.merge**2).tolist()
         patches = grid.prod(1).tolist()
         pixel = torch.split(enc["pixel_values"], patches)
-        width = max(patches)
+        width = self.config.max_image_patches if fixed_length and self.config.max_image_patches else max(patches)
+        for i, k in enumerate(patches):
+            if k > width:
+                raise ValueError(f"question {getattr(items[i], 'index', i)}: its image has {k} patches, above "
+                                 f"policy.max_image_patches={width}; raise it or lower the image processor's max_pixels")
         pixel = torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in pixel])  # [B, patches, D]
         out = {"prompt_ids": ids, "prompt_mask": mask, "pixel_values": pixel, "image_grid_thw": grid}
         self.check_image_tokens(out, [getattr(it, "index", i) for i, it in enumerate(items)], per_image)
