@@ -132,11 +132,9 @@ def load_processor(path: str | Path):
         return AutoProcessor.from_pretrained(str(path))
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    config = {}
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        if (path / name).is_file():
-            config.update({k: v for k, v in json.loads((path / name).read_text()).items() if k == "processor_class"})
-    cls_name = config.get("processor_class")
+    named = [json.loads((path / f).read_text()).get("processor_class")
+             for f in ("processor_config.json", "preprocessor_config.json") if (path / f).is_file()]
+    cls_name = next((n for n in named if n), None)
     if not cls_name:
         return AutoProcessor.from_pretrained(str(path))  # no video half to leave out
     import transformers

@@ -17,9 +17,10 @@ VOGUE (``objective: vogue``; arXiv 2510.01444) shapes the advantage per token be
 
     A'_it = A_i + min(a_v * sg(D_it), |A_i| / b_v) + min(a_e * sg(H_it), |A_i| / b_e)
 
-D_it = the symmetric KL between raw- and noisy-image token distributions (measured at rollout by the
-``vogue`` explorer), H_it = the token entropy under the rollout policy. Both bonuses are >= 0 and capped
-by |A_i| (1/b_v + 1/b_e), so with 1/b_v + 1/b_e <= 1 they can never flip the sign of A_i (validated).
+D_it = the symmetric KL between raw- and noisy-image token distributions (one no-grad forward on the
+other image, at rollout or in the update), H_it = the token entropy under the rollout policy. Both bonuses
+are >= 0 and capped by |A_i| (1/b_v + 1/b_e), so with 1/b_v + 1/b_e <= 1 they can never flip the sign of
+A_i (validated; the sum is also capped at |A_i| against rounding).
 """
 
 from __future__ import annotations

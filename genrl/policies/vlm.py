@@ -230,25 +230,33 @@ class VLMPolicy(TrainableWeights):
         ids = F.pad(ids, (pad, 0), value=self.pad_id) if pad > 0 else ids[:, -P:]
         mask = F.pad(mask, (pad, 0), value=0) if pad > 0 else mask[:, -P:]
         grid = enc["image_grid_thw"]
-        per_image = (grid.prod(1) // self.merge**2).tolist()
+        pixel = self._rows_of_patches(enc["pixel_values"], grid, items, fixed_length)
+        out = {"prompt_ids": ids, "prompt_mask": mask, "pixel_values": pixel, "image_grid_thw": grid}
+        self.check_image_tokens(out, [getattr(it, "index", i) for i, it in enumerate(items)])
+        return out
+
+    def encode_pixels(self, items, images) -> torch.Tensor:
+        """Only the pixels [B, patches, D] of other images for the same prompts (the noisy / raw branch): the
+        image processor alone, no chat template or tokenizer. Same-size images, so the prompts still fit."""
+        enc = self.processor.image_processor(images=[_to_pil(im) for im in images], return_tensors="pt")
+        return self._rows_of_patches(enc["pixel_values"], enc["image_grid_thw"], items, fixed_length=True)
+
+    def _rows_of_patches(self, flat: torch.Tensor, grid: torch.Tensor, items, fixed_length: bool) -> torch.Tensor:
+        """The processor's concatenated patches -> one row per image, padded to ``max_image_patches`` (fixed
+        layout) or to the largest image."""
         patches = grid.prod(1).tolist()
-        pixel = torch.split(enc["pixel_values"], patches)
         width = self.config.max_image_patches if fixed_length and self.config.max_image_patches else max(patches)
         for i, k in enumerate(patches):
             if k > width:
                 raise ValueError(f"question {getattr(items[i], 'index', i)}: its image has {k} patches, above "
                                  f"policy.max_image_patches={width}; raise it or lower the image processor's max_pixels")
-        pixel = torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in pixel])  # [B, patches, D]
-        out = {"prompt_ids": ids, "prompt_mask": mask, "pixel_values": pixel, "image_grid_thw": grid}
-        self.check_image_tokens(out, [getattr(it, "index", i) for i, it in enumerate(items)], per_image)
-        return out
+        return torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in torch.split(flat, patches)])
 
-    def check_image_tokens(self, enc: dict[str, torch.Tensor], names, per_image: list[int] | None = None, *,
-                           key: str = "prompt_ids") -> None:
+    def check_image_tokens(self, enc: dict[str, torch.Tensor], names, *, key: str = "prompt_ids") -> None:
         """Each sequence must hold exactly as many image placeholder tokens as its image yields features;
         otherwise the model's scatter of image features fails deep inside (or misaligns silently)."""
         counts = (enc[key] == self.image_token_id).sum(1).tolist()
-        expected = per_image or (enc["image_grid_thw"].prod(1) // self.merge**2).tolist()
+        expected = (enc["image_grid_thw"].prod(1) // self.merge**2).tolist()
         for name, got, want in zip(names, counts, expected):
             if got != want:
                 why = ("the prompt was cut (raise policy.max_prompt_tokens)" if got < want else
@@ -260,14 +268,17 @@ class VLMPolicy(TrainableWeights):
     def _chunk_inputs(self, t: dict[str, torch.Tensor], lo: int, hi: int) -> tuple[dict, int]:
         """Rows lo..hi as model inputs, padded with copies of the last row to ``forward_chunk`` rows."""
         n = hi - lo
-        rows = list(range(lo, hi)) + [hi - 1] * (self.config.forward_chunk - n)
+        return self._model_inputs(t, list(range(lo, hi)) + [hi - 1] * (self.config.forward_chunk - n)), n
+
+    def _model_inputs(self, t: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+        """The model's keyword inputs for ``rows`` of ``t``: each image's patches without their padding,
+        concatenated as the processor emits them, and the image-token types."""
         idx = torch.tensor(rows, device=t["input_ids"].device)
         grid = t["image_grid_thw"][idx]
-        patches = grid.prod(1)
-        pixel = torch.cat([t["pixel_values"][r, : int(k)] for r, k in zip(idx.tolist(), patches.tolist())])
+        pixel = torch.cat([t["pixel_values"][r, :k] for r, k in zip(rows, grid.prod(1).tolist())])
         ids = t["input_ids"][idx]
         return {"input_ids": ids, "attention_mask": t["attention_mask"][idx], "mm_token_type_ids": self._token_types(ids),
-                "pixel_values": pixel, "image_grid_thw": grid}, n
+                "pixel_values": pixel, "image_grid_thw": grid}
 
     def _token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
         """1 on image placeholder tokens, else 0 (the processor's ``mm_token_type_ids``). Qwen2.5-VL needs it to
@@ -365,7 +376,7 @@ class VLMPolicy(TrainableWeights):
              "image_grid_thw": gen_enc["image_grid_thw"], "pixel_values": gen_enc["pixel_values"],
              "sample_ids": sample_ids}
         if plan.update_image == "raw" and bool(noisy.any()):
-            t["pixel_values"] = self.encode_prompts(items, raw_images, system=system)["pixel_values"]
+            t["pixel_values"] = self.encode_pixels(items, raw_images)
         t = {k: v.to(self.device) for k, v in t.items()}
         compare = None
         tensors = {"prompts": prompts.to(self.device), "sample_ids": sample_ids.to(self.device), **t,
@@ -379,7 +390,7 @@ class VLMPolicy(TrainableWeights):
             # is compared with "the other" image of its pair.
             others = [it.image if (nz and plan.update_image == "branch") else plan.noisy_image(it.image, step, int(g))
                       for it, g, nz in zip(items, groups.tolist(), noisy.tolist())]
-            compare = self.encode_prompts(items, others, system=system)["pixel_values"].to(self.device)
+            compare = self.encode_pixels(items, others).to(self.device)
         if self.config.old_log_probs == "update":
             # The objective takes the old log-probs (and D_t, from the other image's no-grad forward) from the
             # update's own forward: the weights that sampled are the weights that score.
@@ -401,9 +412,9 @@ class VLMPolicy(TrainableWeights):
         inner = getattr(model, "module", model)
         for lo in range(0, len(enc["prompt_ids"]), self.config.forward_chunk):
             hi = min(lo + self.config.forward_chunk, len(enc["prompt_ids"]))
-            t = {"input_ids": enc["prompt_ids"][lo:hi], "attention_mask": enc["prompt_mask"][lo:hi],
-                 "image_grid_thw": enc["image_grid_thw"][lo:hi], "pixel_values": enc["pixel_values"][lo:hi]}
-            inputs = self._unpadded(t)
+            t = {"input_ids": enc["prompt_ids"], "attention_mask": enc["prompt_mask"],
+                 "image_grid_thw": enc["image_grid_thw"], "pixel_values": enc["pixel_values"]}
+            inputs = self._model_inputs(t, list(range(lo, hi)))
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(key_seed(seed, Purpose.STEP_NOISE, step, int(sample_ids[lo])))
                 gen = inner.generate(**{k: v.to(self.device) for k, v in inputs.items()}, do_sample=temperature > 0,
@@ -414,12 +425,6 @@ class VLMPolicy(TrainableWeights):
             resp = gen[:, inputs["input_ids"].shape[1]:].cpu()
             outs.append(F.pad(resp, (0, R - resp.shape[1]), value=self.pad_id))
         return torch.cat(outs)
-
-    def _unpadded(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        patches = t["image_grid_thw"].prod(1).tolist()
-        pixel = torch.cat([t["pixel_values"][r, :k] for r, k in enumerate(patches)])
-        return {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"], "pixel_values": pixel,
-                "image_grid_thw": t["image_grid_thw"], "mm_token_type_ids": self._token_types(t["input_ids"])}
 
     def reward_inputs(self, rollout: Rollout) -> tuple[list[str], list]:
         """What reward callables receive: the response texts and the questions (with their answers)."""

@@ -123,15 +123,12 @@ def build_vlm_sft(config: VLMSFTRecipe, out_dir: Path, *, progress: bool = True)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
-            acc = greedy_accuracy(model, processor, min(100, config.eval_questions), config)
+            acc = greedy_accuracy(model, source, min(100, config.eval_questions), config)
             print(f"[genrl] vlm sft step {step + 1}: loss {loss.item():.3f}, held-out greedy accuracy {acc:.3f}",
                   flush=True)
             model.train()
     model.eval()
-    model.save_pretrained(str(out_dir))
-    for name in PROCESSOR_FILES:
-        if (source / name).is_file() and source.resolve() != out_dir.resolve():
-            shutil.copy2(source / name, out_dir / name)
+    save_model_folder(model, source, out_dir)
     if source == out_dir / "_init":
         shutil.rmtree(source)
     accuracy = heldout_accuracy(out_dir, config.eval_questions, config.data_seed, config.kinds, config.system_prompt)
@@ -156,8 +153,8 @@ def pretrain_vision(model, processor, data: VisualArithmetic, config: VLMSFTReci
     merge = visual.spatial_merge_size if hasattr(visual, "spatial_merge_size") else 2
     unit = 14 * merge  # pixels per merged vision token
     width = model.config.vision_config.out_hidden_size
-    cols_per_cell = CELL // unit
-    head = torch.nn.Linear(width * (CELL // unit) * cols_per_cell, 11)
+    per_cell = CELL // unit  # merged tokens along each side of a cell
+    head = torch.nn.Linear(width * per_cell * per_cell, 11)
     params = list(visual.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=config.vision_pretrain_lr)
     bar = progress_bar(range(config.vision_pretrain_steps), desc="vision pretrain", disable=not progress)
@@ -167,8 +164,7 @@ def pretrain_vision(model, processor, data: VisualArithmetic, config: VLMSFTReci
         enc = processor.image_processor(images=[_to_pil(it.image) for it in items], return_tensors="pt")
         out = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
         feats = getattr(out, "pooler_output", out)  # [B * tokens, width], raster order of merged tokens
-        rows, cols = CELL // unit, (CELL * SLOTS) // unit
-        grid = feats.view(len(items), rows, SLOTS, cols // SLOTS, width)
+        grid = feats.view(len(items), per_cell, SLOTS, per_cell, width)  # [B, row, cell, column in cell, width]
         logits = head(grid.permute(0, 2, 1, 3, 4).reshape(len(items) * SLOTS, -1))
         targets = torch.full((len(items), SLOTS), 10)
         for i, it in enumerate(items):
@@ -182,22 +178,21 @@ def pretrain_vision(model, processor, data: VisualArithmetic, config: VLMSFTReci
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
 
 
-def greedy_accuracy(model, processor, n: int, config: VLMSFTRecipe) -> float:
-    """Held-out greedy accuracy of the model being trained (a temporary folder-free policy around it)."""
+def save_model_folder(model, source: Path, out_dir: Path) -> None:
+    """The model's weights + the processor files of the folder it came from: a folder ``load_vlm`` reads."""
+    model.save_pretrained(str(out_dir))
+    for name in PROCESSOR_FILES:
+        if (source / name).is_file() and source.resolve() != Path(out_dir).resolve():
+            shutil.copy2(source / name, Path(out_dir) / name)
+
+
+def greedy_accuracy(model, source: Path, n: int, config: VLMSFTRecipe) -> float:
+    """Held-out greedy accuracy of the model being trained, saved to a temporary folder (processor from ``source``)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp) if hasattr(processor, "video_processor") and processor.video_processor \
-            else _save_processor_files(processor, Path(tmp))
+        save_model_folder(model, source, Path(tmp))
         return heldout_accuracy(Path(tmp), n, config.data_seed, config.kinds, config.system_prompt)
-
-
-def _save_processor_files(processor, out: Path) -> None:
-    processor.tokenizer.save_pretrained(str(out))
-    processor.image_processor.save_pretrained(str(out))
-    (out / "chat_template.jinja").write_text(processor.chat_template)
-    (out / "processor_config.json").write_text(json.dumps({"processor_class": type(processor).__name__}))
 
 
 @torch.no_grad()

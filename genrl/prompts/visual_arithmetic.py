@@ -47,13 +47,11 @@ class VisualArithmeticPrompts:
         size = self.config.size
         if round:
             return torch.randint(size, (n,), generator=keyed_generator(self.seed, Purpose.PROMPTS, step, round))
-        start = step * n
-        out = []
-        for pos in range(start, start + n):
-            epoch, offset = divmod(pos, size)
-            perm = torch.randperm(size, generator=keyed_generator(self.seed, Purpose.PROMPTS, epoch))
-            out.append(int(perm[offset]))
-        return torch.tensor(out)
+        first, last = divmod(step * n, size)[0], divmod(step * n + n - 1, size)[0]
+        order = torch.cat([torch.randperm(size, generator=keyed_generator(self.seed, Purpose.PROMPTS, epoch))
+                           for epoch in range(first, last + 1)])  # the epochs this step's slice spans
+        start = step * n - first * size
+        return order[start:start + n]
 
     def items(self, indices: torch.Tensor) -> list[ArithmeticQuestion]:
-        return [ArithmeticQuestion(**{**self.data[int(i)].__dict__}) for i in indices.tolist()]
+        return [ArithmeticQuestion(**vars(self.data[int(i)])) for i in indices.tolist()]

@@ -16,9 +16,10 @@ from genrl.registry import REWARDS
 from genrl.rewards.base import RewardConfig
 
 
-@REWARDS.register("answer_accuracy")
-class AnswerAccuracy:
-    """1 if the extracted final answer matches the question's answer, else 0 (RLVR's verifier)."""
+class _PerResponse:
+    """A reward computed response by response: ``score(response, question) -> float``."""
+
+    name = ""
 
     @dataclass
     class Config(RewardConfig):
@@ -26,24 +27,31 @@ class AnswerAccuracy:
 
     def __init__(self, config: Config, *, device: torch.device | None = None) -> None:
         self.config = config
-        self.__name__ = "answer_accuracy"
+        self.__name__ = self.name
+
+    def score(self, response: str, question) -> float:  # pragma: no cover - each reward defines it
+        raise NotImplementedError
 
     def __call__(self, responses: list[str], questions: list) -> torch.Tensor:
-        return torch.tensor([float(answers_match(extract_answer(r), str(q.answer), choices=getattr(q, "choices", None)))
-                             for r, q in zip(responses, questions)])
+        return torch.tensor([self.score(r, q) for r, q in zip(responses, questions)])
+
+
+@REWARDS.register("answer_accuracy")
+class AnswerAccuracy(_PerResponse):
+    """1 if the extracted final answer matches the question's answer, else 0 (RLVR's verifier)."""
+
+    name = "answer_accuracy"
+
+    def score(self, response: str, question) -> float:
+        return float(answers_match(extract_answer(response), str(question.answer),
+                                   choices=getattr(question, "choices", None)))
 
 
 @REWARDS.register("answer_format")
-class AnswerFormat:
+class AnswerFormat(_PerResponse):
     """1 if the response ends with exactly one non-empty ``<answer>...</answer>``, else 0."""
 
-    @dataclass
-    class Config(RewardConfig):
-        pass
+    name = "answer_format"
 
-    def __init__(self, config: Config, *, device: torch.device | None = None) -> None:
-        self.config = config
-        self.__name__ = "answer_format"
-
-    def __call__(self, responses: list[str], questions: list) -> torch.Tensor:
-        return torch.tensor([float(format_ok(r)) for r in responses])
+    def score(self, response: str, question) -> float:
+        return float(format_ok(response))

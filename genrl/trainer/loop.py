@@ -257,9 +257,11 @@ class Trainer:
         n_groups, G = self.recipe.trainer.prompts_per_step, self.recipe.trainer.group_size
         kept: list[Rollout] = []
         dropped: list[Rollout] = []
-        rounds, batch = 0, first
+        rounds, batch, first_share = 0, first, None
         while True:
             uniq, keep = self._informative_groups(batch)
+            if first_share is None:
+                first_share = 1 - float(keep.float().mean())
             for g, ok in zip(uniq.tolist(), keep.tolist()):
                 (kept if ok else dropped).append(batch.select(torch.nonzero(batch["group_ids"] == g).flatten()))
             rounds += 1
@@ -272,7 +274,7 @@ class Trainer:
         for new_id, part in enumerate(chosen):  # groups from different rounds share ids: renumber
             part["group_ids"] = torch.full((G,), new_id, dtype=part["group_ids"].dtype)
         metrics = {"dynamic/rounds": float(rounds), "dynamic/filled_share": min(len(kept), n_groups) / n_groups,
-                   "dynamic/zero_std_share_first_round": 1 - float(self._informative_groups(first)[1].float().mean())}
+                   "dynamic/zero_std_share_first_round": first_share}
         return Rollout.cat(chosen), metrics
 
     def train_step(self, step: int) -> dict[str, float]:
