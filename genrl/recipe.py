@@ -18,6 +18,7 @@ def _register_builtins() -> None:
     """Import the modules whose decorators fill the registries."""
     import genrl.advantages  # noqa: F401
     import genrl.eval.digits  # noqa: F401
+    import genrl.eval.moving_digits_video  # noqa: F401
     import genrl.eval.visual_arithmetic  # noqa: F401
     import genrl.eval.visual_math  # noqa: F401
     import genrl.explorers  # noqa: F401
@@ -173,6 +174,16 @@ class TrainRecipe:
         if need and not getattr(self.explorer.config, need, False):
             raise ValueError(f"explorer: objective {self.objective.name!r} needs an explorer with {need}: true "
                              f"(explorer vogue, or noisy_image with {need}: true)")
+        branches = getattr(self.explorer.config, "branches", None)
+        if self.explorer.name == "kvpo" and self.trainer.group_size != branches + 1:
+            raise ValueError(f"trainer.group_size: explorer kvpo makes fork groups of branches + 1 (the anchor) = "
+                             f"{branches + 1} rows, got group_size {self.trainer.group_size}")
+        if getattr(OBJECTIVES.get(self.objective.name), "whole_groups", False):
+            G = self.trainer.group_size
+            if self.trainer.minibatch_size % G or self.trainer.micro_batch_size % G:
+                raise ValueError(f"trainer.minibatch_size: objective {self.objective.name!r} needs whole groups in "
+                                 f"every (micro-)batch: minibatch_size and micro_batch_size must be multiples of "
+                                 f"group_size {G} (got {self.trainer.minibatch_size} and {self.trainer.micro_batch_size})")
         noise = getattr(self.explorer.config, "noise_level", None)
         if noise == 0 and getattr(OBJECTIVES.get(self.objective.name), "needs_likelihood", False):
             raise ValueError(f"explorer: noise_level must be > 0 for the likelihood objective {self.objective.name!r}")

@@ -23,6 +23,7 @@ from genrl.config.load import load_recipe, load_yaml
 from genrl.config.validate import RecipeError
 from genrl.preference.labelling import LabelRecipe
 from genrl.preference.train import RewardTrainRecipe
+from genrl.pretrain.ar_video import ARVideoPretrainRecipe
 from genrl.pretrain.classifier import ClassifierRecipe
 from genrl.pretrain.flow_image import FlowPretrainRecipe
 from genrl.pretrain.vlm_sft import VLMSFTRecipe
@@ -35,7 +36,7 @@ ACCELERATE_DIR = ROOT / "recipes" / "accelerate"
 # Recipes that make an artifact name their kind: base models, classifiers, preference pairs, reward models.
 PRETRAIN_SCHEMAS: dict[str, type] = {"flow_image": FlowPretrainRecipe, "digit_classifier": ClassifierRecipe,
                                      "preference_labels": LabelRecipe, "preference_reward": RewardTrainRecipe,
-                                     "vlm_sft": VLMSFTRecipe}
+                                     "vlm_sft": VLMSFTRecipe, "ar_video": ARVideoPretrainRecipe}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -122,7 +123,7 @@ def _references(config: TrainRecipe) -> list[tuple[str, str, str | None]]:
     refs: list[tuple[str, str, str | None]] = []
     base = getattr(config.policy.config, "base_recipe", None)
     if base:
-        refs.append(("policy.base_recipe", base, {"flow_image": "flow_image", "vlm": "vlm_sft"}[config.policy.name]))
+        refs.append(("policy.base_recipe", base, {"flow_image": "flow_image", "vlm": "vlm_sft", "ar_video": "ar_video"}[config.policy.name]))
     for i, spec in enumerate(config.rewards):
         # Defaults count: the quick start's classifier reward names its recipe only by default.
         if getattr(spec.config, "checkpoint", None):

@@ -114,3 +114,41 @@ class BatchNormalized(StatelessEstimator):
         adv = torch.where(valid, adv, torch.zeros_like(adv))
         return AdvantageOutput(adv, {"adv/mean": float(adv.mean()), "adv/std": float(adv.std()),
                                      "adv/abs_max": float(adv.abs().max())})
+
+
+@ADVANTAGES.register("anchor_relative")
+class AnchorRelative(StatelessEstimator):
+    """KVPO: advantages relative to an unperturbed anchor, the *first* row of each group (the kvpo explorer
+    puts it there). Per component c, A_c(g) = (r_c(g) - r_c(anchor)) / (std_c(group) + eps), the std over
+    the group's rows (anchor included, so branches that all tie but differ from the anchor still get a finite
+    signal); A = sum_c w_c A_c. The anchor's own advantage is 0. Scoped rewards (``scope: local`` on the
+    explored chunk, ``global`` on the whole post-fork video) with weights 1 and 0.5 give KVPO's
+    local + 0.5 x global signal."""
+
+    @dataclass
+    class Config:
+        eps: float = option(default=1e-4, help="Added to the std before dividing.")
+        zero_std_tol: float = option(default=1e-6, help="A component whose group std is below this gives 0.")
+
+    def __call__(self, rewards: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor,
+                 valid: torch.Tensor) -> AdvantageOutput:
+        cfg = self.config
+        rewards, weights = rewards.float(), weights.float()
+        adv = torch.zeros(len(rewards))
+        uniq = torch.unique_consecutive(groups)
+        flat, beats = 0, 0
+        for g in uniq.tolist():
+            rows = torch.nonzero(groups == g).flatten()
+            if not bool(valid[rows].all()) or len(rows) < 2:
+                continue
+            r = rewards[rows]  # [G+1, C], anchor first
+            std = r.std(0, unbiased=False)
+            spread = std >= cfg.zero_std_tol
+            a = torch.where(spread, (r[1:] - r[:1]) / (std + cfg.eps), torch.zeros_like(r[1:]))
+            adv[rows[1:]] = (a * weights).sum(1)
+            flat += int(not bool(spread.any()))
+            beats += int(bool((adv[rows[1:]] > 0).any()))
+        n = max(1, len(uniq))
+        return AdvantageOutput(adv, {"adv/zero_std_group_share": flat / n, "adv/beats_anchor_share": beats / n,
+                                     "adv/mean": float(adv.mean()), "adv/std": float(adv.std()),
+                                     "adv/abs_max": float(adv.abs().max())})

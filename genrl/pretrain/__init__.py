@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-JOB_KINDS = ("digit_classifier", "flow_image", "vlm_sft")
+JOB_KINDS = ("digit_classifier", "flow_image", "vlm_sft", "ar_video")
 
 
 def pretrain_job(kind: object) -> tuple[type, Callable[[object, Path], None]] | None:
@@ -22,4 +22,8 @@ def pretrain_job(kind: object) -> tuple[type, Callable[[object, Path], None]] | 
         from genrl.pretrain.vlm_sft import VLMSFTRecipe, build_vlm_sft
 
         return VLMSFTRecipe, build_vlm_sft
+    if kind == "ar_video":
+        from genrl.pretrain.ar_video import ARVideoPretrainRecipe, build_ar_video_base
+
+        return ARVideoPretrainRecipe, build_ar_video_base
     return None

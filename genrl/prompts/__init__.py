@@ -1,4 +1,5 @@
 """Prompt sources: what each training step conditions on."""
 
 from genrl.prompts.classes import ClassPrompts  # noqa: F401
+from genrl.prompts.moving_digits import MovingDigitPrompts  # noqa: F401
 from genrl.prompts.visual_arithmetic import VisualArithmeticPrompts  # noqa: F401

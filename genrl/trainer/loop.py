@@ -313,10 +313,13 @@ class Trainer:
         ratios: dict[int, list[torch.Tensor]] = defaultdict(list)
         count, grad_norms = 0, []
         model = self.policy.engine_model
+        # Objectives over a group's rows (KVPO's branch softmax) get whole groups: groups are shuffled, not rows.
+        G = tc.group_size if getattr(self.objective, "whole_groups", False) else 1
         for epoch in range(tc.inner_epochs):
-            perm = keyed_permutation(n, self.seed, Purpose.SHUFFLE, step, epoch)
+            perm = keyed_permutation(n // G, self.seed, Purpose.SHUFFLE, step, epoch)
+            perm = (perm.view(-1, 1) * G + torch.arange(G)).flatten()  # rows of a group are contiguous in the batch
             for j, mb in enumerate(perm.split(tc.minibatch_size)):
-                local = mb[self.rank :: self.world]  # this rank's share of the global minibatch
+                local = mb.view(-1, G)[self.rank :: self.world].flatten()  # this rank's share of the global minibatch
                 micros = local.split(tc.micro_batch_size)
                 for i, idx in enumerate(micros):
                     micro = batch.select(idx)
