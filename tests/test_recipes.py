@@ -248,7 +248,7 @@ def test_bad_unknown_component_name_suggests(tmp_path: Path) -> None:
     data = _smoke()
     data["explorer"]["name"] = "sdee"
     path = _write(tmp_path, data)
-    _check(_error(path), path, "explorer.name", "unknown explorer 'sdee'", "expected one of ['noisy_image', 'sampling', 'sde', 'vogue']",
+    _check(_error(path), path, "explorer.name", "unknown explorer 'sdee'", "expected one of ['kvpo', 'noisy_image', 'sampling', 'sde', 'vogue']",
            "did you mean 'sde'?")
 
 
