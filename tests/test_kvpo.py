@@ -64,6 +64,29 @@ def test_window_context_and_mask():
     assert not m[:10, 10:].any()  # causal: no frame sees a later block
 
 
+def test_block_causal_processors_reproduce_stock_wan_attention():
+    """With a full (all-True) mask and positions 0..F-1 the installed processors and frame RoPE compute
+    exactly what diffusers' own WanAttnProcessor and rotary embedding do (guards the pinned diffusers API)."""
+    import copy
+
+    from genrl.models.ar_video import build_transformer, install_block_causal
+
+    cfg = ARVideoConfig(**TINY_VIDEO)
+    torch.manual_seed(0)
+    stock = build_transformer(cfg).eval()
+    ours = copy.deepcopy(stock)
+    state = install_block_causal(ours, cfg)
+    F = 6
+    x = torch.randn(2, 1, F, 16, 16)
+    t = torch.tensor([300.0, 800.0])
+    text = torch.randn(2, 2, cfg.text_dim)
+    state.mode, state.positions, state.allowed = "full", torch.arange(F), torch.ones(F, F, dtype=torch.bool)
+    with torch.no_grad():
+        a = stock(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        b = ours(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+    assert (a - b).abs().max() < 1e-5
+
+
 def test_kv_cache_generation_equals_full_recompute(policy):
     """Cached block-by-block generation = recomputing the whole history per block (the slow baseline)."""
     items = prompts(3)
