@@ -247,6 +247,8 @@ def test_kvpo_loss_first_ratio_is_one_and_protect_zeroes_the_gradient(policy):
     batch["advantages"] = torch.where(torch.arange(len(batch)) >= 4, adv, torch.zeros_like(adv))
     out = obj(policy, batch)
     assert float(out.loss.detach()) == 0.0  # only the protected group carries advantages: no policy gradient
+    with pytest.raises(ValueError, match="whole fork groups"):
+        obj(policy, batch.select([0, 1, 2, 3, 5, 6]))  # group 1 cut in half
 
 
 # ------------------------------------------------------------------------------ in the shared loop
@@ -263,6 +265,8 @@ def test_video_recipes_train_in_the_shared_loop(tmp_path, recipe):
     if "kvpo" in recipe.name:
         assert first["kvpo/ratio_mean"] != 1.0 or first["policy_loss"] == 0.0  # a second minibatch moved it
         assert 0.0 <= first["kvpo/protected_share"] <= 1.0
+        # routing changes the videos: the rewards of a fork group differ in (nearly) every group
+        assert all(h["adv/zero_std_group_share"] <= 0.2 for h in trainer.history)
     else:
         assert first["ratio/step_00/mean"] == pytest.approx(1.0, abs=0.05)
     assert all(math.isfinite(h["reward/total/mean"]) for h in trainer.history)

@@ -79,8 +79,20 @@ class KVPO:
     def __init__(self, config: Config) -> None:
         self.config = config
 
+    @staticmethod
+    def check_whole_groups(batch: Rollout) -> None:
+        """Every group of the (micro-)batch complete: one anchor and the same number of rows in each."""
+        groups, anchors = batch["group_ids"], batch["is_anchor"]
+        uniq, counts = torch.unique(groups, return_counts=True)
+        per_group = [int(anchors[groups == g].sum()) for g in uniq]
+        if len(set(counts.tolist())) != 1 or any(a != 1 for a in per_group):
+            raise ValueError(f"kvpo: expected whole fork groups (one anchor each, equal sizes) in every micro-batch, got "
+                             f"group sizes {counts.tolist()} with {per_group} anchors; the loop keeps groups whole "
+                             "when trainer.minibatch_size and micro_batch_size are multiples of group_size")
+
     def __call__(self, policy, batch: Rollout) -> LossOutput:
         cfg = self.config
+        self.check_whole_groups(batch)
         sub = batch.select(torch.nonzero(~batch["is_anchor"]).flatten())
         groups = sub["group_ids"]
         adv = sub["advantages"].clamp(-cfg.adv_clip, cfg.adv_clip)
