@@ -121,7 +121,7 @@ def test_three_segments_of_eight_always_fit() -> None:
 def test_prompt_source_is_keyed_and_typed() -> None:
     cls = PROMPTS.get("moving_digits")
     assert cls is MovingDigitPrompts
-    cfg = build(cls.Config, {"size": 40, "segments": 3})
+    cfg = build(cls.Config, {"size": 40, "segments": 3, "segment_frames": 8})
     source = cls(cfg, seed=7)
     assert torch.equal(source.sample(3, 8), cls(cfg, seed=7).sample(3, 8))
     assert not torch.equal(source.sample(3, 8), cls(cfg, seed=8).sample(3, 8))
@@ -135,14 +135,15 @@ def test_prompt_source_is_keyed_and_typed() -> None:
 
 def test_heldout_prompts_differ_from_train() -> None:
     def texts(split: str, **kw) -> list[str]:
-        return [p.text for p in MovingDigitPrompts(build(MovingDigitPrompts.Config, {"split": split, **kw}), seed=0).prompts]
+        cfg = {"split": split, "segment_frames": 8 if kw.get("segments", 1) > 1 else 16, **kw}
+        return [p.text for p in MovingDigitPrompts(build(MovingDigitPrompts.Config, cfg), seed=0).prompts]
 
     train, heldout = texts("train", segments=3, size=64), texts("heldout", segments=3, size=64)
     assert train != heldout and len(set(heldout) - set(train)) > 20
     assert texts("train", segments=1) != texts("heldout", segments=1)
     assert texts("heldout", segments=3, size=64) == heldout  # fixed
     with pytest.raises(RecipeError, match="segment_frames"):
-        build(MovingDigitPrompts.Config, {"segment_frames": 12})
+        build(MovingDigitPrompts.Config, {"segment_frames": 18})  # 17 px: more than a 24 px canvas allows
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -242,13 +243,13 @@ class FakePolicy:
 
     def generate(self, prompts, sample_ids, *, seed):
         self.calls.append((len(prompts), sample_ids.tolist(), seed))
-        clips = render_clips(prompts, seed=seed)
+        clips = render_clips(prompts, size=24, seed=seed)
         return torch.zeros_like(clips) if self.blank else clips
 
 
 def test_benchmark_scores_ground_truth_high_and_blank_low(classifier_dir, tmp_path) -> None:
     assert BENCHMARKS.get("moving_digits_video") is MovingDigitsVideoBenchmark
-    cfg = build(MovingDigitsVideoBenchmark.Config, {"prompts": 12, "segments": 3, "n_per_prompt": 2,
+    cfg = build(MovingDigitsVideoBenchmark.Config, {"prompts": 12, "segments": 3, "segment_frames": 8, "n_per_prompt": 2,
                                                     "classifier_checkpoint": str(classifier_dir)})
     bench = MovingDigitsVideoBenchmark(cfg)
     policy = FakePolicy()

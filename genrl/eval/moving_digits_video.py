@@ -36,8 +36,8 @@ class MovingDigitsVideoBenchmark:
         prompts: int = option(default=64, help="Held-out prompts (the first N of the heldout prompt split).")
         segments: int = option(default=1, help="Segments per prompt (1 = short single-prompt videos; "
                                                "3 = long multi-prompt videos).")
-        segment_frames: int = option(default=8, help="Frames per segment.")
-        canvas: int = option(default=16, help="Side of the square canvas, in pixels.")
+        segment_frames: int = option(default=16, help="Frames per segment (the project's single-prompt videos: 16).")
+        canvas: int = option(default=24, help="Side of the square canvas, in pixels (the video model's: 24).")
         n_per_prompt: int = option(default=1, help="Videos per prompt and seed.")
         seed: int = option(default=1234, help="Seed of the generation; `genrl eval --seeds S` uses seed..seed+S-1.")
         data_seed: int = option(default=0, help="Seed of the prompt set (its heldout split is used).")

@@ -45,9 +45,9 @@ class MovingDigitPrompts:
         size: int = option(default=512, help="Number of prompts in the set (drawn independently; "
                                              "single-segment prompts have only 40 distinct texts).")
         segments: int = option(default=1, help="Segments per prompt (one direction each; >1 = multi-prompt video).")
-        segment_frames: int = option(default=8, help="Frames per segment (the digit moves 1 px per frame).")
+        segment_frames: int = option(default=16, help="Frames per segment (the digit moves 1 px per frame).")
         data_seed: int = option(default=0, help="Seed of the prompt set (not the run seed).")
-        canvas: int = option(default=16, help="Side of the square canvas, in pixels (>= 8).")
+        canvas: int = option(default=24, help="Side of the square canvas, in pixels (>= 8; the video model's: 24).")
 
         def validate(self) -> None:
             if self.size < 1:
