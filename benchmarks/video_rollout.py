@@ -33,7 +33,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.flow_grpo_step import (  # noqa: E402
-    BASE_OVERRIDES,
     StepRunner,
     build_trainer,
     cpu_model,
