@@ -277,3 +277,25 @@ def test_kvpo_recipe_validation_names_the_key():
         smoke_recipe("trainer.group_size=5", path=KVPO_SMOKE)
     with pytest.raises(Exception, match="multiples of group_size"):
         smoke_recipe("trainer.micro_batch_size=2", path=KVPO_SMOKE)
+
+
+def test_pretrain_builds_a_base_that_reloads_to_the_same_sampler(tmp_path):
+    """The pretraining job writes a diffusers Wan folder + prompt encoder that reload (processors re-installed)
+    to exactly the same videos, and an RL run can start from it."""
+    from genrl.config.validate import build
+    from genrl.pretrain.ar_video import ARVideoPretrainRecipe, build_ar_video_base
+
+    cfg = build(ARVideoPretrainRecipe, {"kind": "ar_video", "model": TINY_VIDEO, "num_steps": 3, "steps": 3,
+                                        "clips": 8, "batch_size": 4, "single_frames": 8, "segment_frames": 4,
+                                        "segments": 2, "start": "centred"}, file="t", key="")
+    out = tmp_path / "base"
+    build_ar_video_base(cfg, out, progress=False)
+    assert (out / "transformer" / "config.json").is_file() and (out / "checkpoint.json").is_file()
+    loaded = ARVideoPolicy.from_checkpoint(out)
+    items = prompts(2)
+    again = ARVideoPolicy.from_checkpoint(out)
+    assert torch.equal(loaded.generate(items, torch.arange(2), seed=0), again.generate(items, torch.arange(2), seed=0))
+    with pytest.raises(ValueError, match="expected 'ar_video'"):
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "checkpoint.json").write_text('{"policy": "flow_image", "weights": "full_base"}')
+        ARVideoPolicy.from_checkpoint(tmp_path / "other", device="cpu").generate(items, torch.arange(2), seed=0)

@@ -133,6 +133,18 @@ def test_prompt_source_is_keyed_and_typed() -> None:
     assert items == [source.prompts[int(i)] for i in epoch[:4]]
 
 
+def test_centred_start_varies_only_the_handwriting() -> None:
+    prompts = motion_prompts(6, segments=1, segment_frames=16, size=24, seed=0)
+    a = render_clips(prompts, size=24, seed=0, start="centred")
+    b = render_clips(prompts, size=24, seed=1, start="centred")
+    for clip_a, clip_b in zip(a, b):  # same path and place, maybe another image of the digit
+        ya, xa = torch.nonzero(clip_a[0] > 0, as_tuple=True)
+        yb, xb = torch.nonzero(clip_b[0] > 0, as_tuple=True)
+        assert abs(int(xa.min()) - int(xb.min())) <= 2 and abs(int(ya.min()) - int(yb.min())) <= 2
+    with pytest.raises(ValueError, match="start must be"):
+        render_clips(prompts, size=24, seed=0, start="left")
+
+
 def test_heldout_prompts_differ_from_train() -> None:
     def texts(split: str, **kw) -> list[str]:
         cfg = {"split": split, "segment_frames": 8 if kw.get("segments", 1) > 1 else 16, **kw}

@@ -176,12 +176,14 @@ def motion_prompts(n: int, *, segments: int, segment_frames: int, size: int = 16
 
 
 def render_clips(prompts: Sequence[MotionPrompt], *, size: int = 16, seed: int,
-                 split: str = "generator") -> torch.Tensor:
+                 split: str = "generator", start: str = "random") -> torch.Tensor:
     """Ground-truth clips ``[n, frames, size, size]`` in [0, 1] of ``prompts``.
 
     Clip ``i`` (keyed by ``(seed, i)``) shows one real image of the prompted digit from ``split``,
     pasted at integer positions: a start position drawn uniformly among those from which the whole
-    path stays inside the canvas, then one unit step per frame (:meth:`MotionPrompt.path`).
+    path stays inside the canvas (``start="random"``) or the one that centres the path (``"centred"``: a
+    generator then has to choose only the handwriting, not where the digit appears), then one unit step
+    per frame (:meth:`MotionPrompt.path`).
     """
     if not prompts:
         raise ValueError("render_clips: expected at least one prompt")
@@ -199,8 +201,13 @@ def render_clips(prompts: Sequence[MotionPrompt], *, size: int = 16, seed: int,
         if (low > high).any():
             raise ValueError(f"render_clips: prompt {i} ({prompt.text!r}, {prompt.frames} frames) does not fit "
                              f"a {size}x{size} canvas")
-        start = torch.stack([torch.randint(int(lo), int(hi) + 1, (), generator=g) for lo, hi in zip(low, high)])
-        for t, (y, x) in enumerate((start + path).tolist()):
+        if start == "centred":  # the path's bounding box in the middle of the canvas: only the handwriting varies
+            first = (low + high) // 2
+        elif start == "random":
+            first = torch.stack([torch.randint(int(lo), int(hi) + 1, (), generator=g) for lo, hi in zip(low, high)])
+        else:
+            raise ValueError(f"render_clips: start must be 'random' or 'centred', got {start!r}")
+        for t, (y, x) in enumerate((first + path).tolist()):
             clips[i, t, y:y + DIGIT, x:x + DIGIT] = image
     return clips
 

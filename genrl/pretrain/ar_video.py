@@ -41,6 +41,8 @@ class ARVideoPretrainRecipe:
     segments: int = option(default=3, help="Segments of a multi-prompt clip.")
     segment_frames: int = option(default=8, help="Frames per segment of a multi-prompt clip.")
     multi_share: float = option(default=0.5, help="Share of steps that train on a prompt switch.")
+    start: Literal["random", "centred"] = option(
+        default="random", help="Start position of the clips: random, or centred on the path (only the handwriting varies).")
     steps: int = option(default=1000, help="Optimizer steps.")
     batch_size: int = option(default=16, help="Clips per step.")
     lr: float = option(default=1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay).")
@@ -71,7 +73,7 @@ def training_clips(config: ARVideoPretrainRecipe) -> dict[str, tuple[list, torch
     for name, segments, seg_frames in (("single", 1, config.single_frames),
                                        ("multi", config.segments, config.segment_frames)):
         prompts = motion_prompts(config.clips, segments=segments, segment_frames=seg_frames, size=size, seed=config.seed)
-        clips = render_clips(prompts, size=size, seed=config.seed, split=config.split)
+        clips = render_clips(prompts, size=size, seed=config.seed, split=config.split, start=config.start)
         pools[name] = (prompts, clips.unsqueeze(1) * 2 - 1)
     return pools
 
