@@ -142,6 +142,17 @@ class MotionPrompt:
         return bool(((path.max(0).values - path.min(0).values) <= size - DIGIT).all())
 
 
+def check_motion_layout(segments: int, segment_frames: int, canvas: int) -> None:
+    """Config check shared by the prompt source and the benchmark: ValueErrors name the field."""
+    if segments < 1:
+        raise ValueError(f"segments: must be >= 1, got {segments}")
+    if canvas < DIGIT:
+        raise ValueError(f"canvas: must be >= {DIGIT} (the digit's side), got {canvas}")
+    if not 1 <= segment_frames <= canvas - DIGIT + 1:
+        raise ValueError(f"segment_frames: expected 1..{canvas - DIGIT + 1} (a segment moves "
+                         f"segment_frames - 1 px on a {canvas} px canvas), got {segment_frames}")
+
+
 def motion_prompts(n: int, *, segments: int, segment_frames: int, size: int = 16, seed: int,
                    digits: Sequence[int] = tuple(range(10)), max_tries: int = 1000) -> list[MotionPrompt]:
     """``n`` prompts whose paths fit on the canvas, prompt ``i`` keyed by ``(seed, i)``.

@@ -135,3 +135,25 @@ def check_policy_type(name: str, cls: type, checkpoint: Path, meta: dict) -> str
         raise EvalError(f"{checkpoint} holds a {policy!r} policy; benchmark {name!r} evaluates "
                         f"policy checkpoints of type {accepted}")
     return policy
+
+
+# ----------------------------------------------------------------------------- the training loop's before/after
+def save_tagged_result(trainer, tag: str, result: dict) -> dict:
+    """Write a training run's ``before``/``after`` evaluation to ``RUN_DIR/eval/<tag>.json``."""
+    import json
+
+    out = trainer.run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def before_after_table(trainer, results: dict, *, extra: list[str] = (), width: int = 20) -> str:
+    """The before/after table of a training run: printed and written to ``RUN_DIR/eval/summary.txt``."""
+    before, after = results["before"], results["after"]
+    lines = [f"{'metric':<{width}}{'before':>10}{'after':>10}", "-" * (width + 20)]
+    lines += [f"{k:<{width}}{before[k]:>10.4f}{after[k]:>10.4f}" for k in before]
+    table = "\n".join([*lines, *extra])
+    print("\n" + table + "\n")
+    (trainer.run_dir / "eval" / "summary.txt").write_text(table + "\n")
+    return table

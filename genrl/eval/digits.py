@@ -19,7 +19,7 @@ import torch
 
 from genrl.config.validate import option
 from genrl.data.digits import digit_split
-from genrl.eval.benchmark import MetricSpec, SeedResult
+from genrl.eval.benchmark import MetricSpec, SeedResult, before_after_table, save_tagged_result
 from genrl.eval.image_metrics import frechet_distance, per_prompt_diversity, prompt_correct, stroke_crispness
 from genrl.registry import BENCHMARKS
 from genrl.rng import Purpose
@@ -149,26 +149,18 @@ class DigitsBenchmark:
             scored = trainer.rewards.score(images, prompts)
             for c, name in enumerate(scored.names):
                 result[f"reward/{name}"] = float(scored.values[:, c].nanmean())
-        out = trainer.run_dir / "eval"
-        out.mkdir(exist_ok=True)
-        (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
         self._last_images[tag] = (images, prompts)
-        return result
+        return save_tagged_result(trainer, tag, result)
 
     def report(self, trainer, results: dict) -> dict:
         """Print the before/after table; write the sample grid and the reward curve as PNGs."""
         from genrl.eval.plots import save_curve_png, save_grid_png
 
         before, after = results["before"], results["after"]
-        lines = [f"{'metric':<34}{'before':>10}{'after':>10}", "-" * 54]
-        for k in before:
-            lines.append(f"{k:<34}{before[k]:>10.4f}{after[k]:>10.4f}")
         err_b, err_a = 1 - before["judge_accuracy"], 1 - after["judge_accuracy"]
-        lines.append(f"{'error-rate cut (x)':<34}{'':>10}{err_b / max(err_a, 1e-9):>10.2f}")
-        lines.append(f"{'diversity kept':<34}{'':>10}{after['diversity'] / before['diversity']:>10.1%}")
-        table = "\n".join(lines)
-        print("\n" + table + "\n")
-        (trainer.run_dir / "eval" / "summary.txt").write_text(table + "\n")
+        table = before_after_table(trainer, results, width=34, extra=[
+            f"{'error-rate cut (x)':<34}{'':>10}{err_b / max(err_a, 1e-9):>10.2f}",
+            f"{'diversity kept':<34}{'':>10}{after['diversity'] / before['diversity']:>10.1%}"])
         k = min(self.config.grid_per_prompt, self.config.n_per_prompt)
         rows = []
         for tag in ("before", "after"):

@@ -9,15 +9,14 @@ hacking the reward classifier during RL does not show up here as text alignment 
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from genrl.config.validate import option
-from genrl.data.moving_digits import DIGIT
-from genrl.eval.benchmark import EvalError, MetricSpec, SeedResult
+from genrl.data.moving_digits import check_motion_layout
+from genrl.eval.benchmark import EvalError, MetricSpec, SeedResult, before_after_table, save_tagged_result
 from genrl.prompts.moving_digits import prompt_set
 from genrl.registry import BENCHMARKS
 from genrl.rewards.video import (
@@ -52,13 +51,7 @@ class MovingDigitsVideoBenchmark:
         def validate(self) -> None:
             if self.prompts < 1 or self.n_per_prompt < 1:
                 raise ValueError("prompts: prompts and n_per_prompt must be >= 1")
-            if self.segments < 1:
-                raise ValueError(f"segments: must be >= 1, got {self.segments}")
-            if self.canvas < DIGIT:
-                raise ValueError(f"canvas: must be >= {DIGIT} (the digit's side), got {self.canvas}")
-            if not 1 <= self.segment_frames <= self.canvas - DIGIT + 1:
-                raise ValueError(f"segment_frames: expected 1..{self.canvas - DIGIT + 1} (a segment moves "
-                                 f"segment_frames - 1 px on a {self.canvas} px canvas), got {self.segment_frames}")
+            check_motion_layout(self.segments, self.segment_frames, self.canvas)
             if self.strip_videos < 1:
                 raise ValueError(f"strip_videos: must be >= 1, got {self.strip_videos}")
             if not self.classifier_recipe and not self.classifier_checkpoint:
@@ -158,21 +151,11 @@ class MovingDigitsVideoBenchmark:
         with ema, torch.no_grad():
             seed_result = self.run(trainer.policy, self.config.seed)
         self._last_videos[tag] = seed_result.samples
-        result = seed_result.flat()
-        out = trainer.run_dir / "eval"
-        out.mkdir(exist_ok=True)
-        (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
-        return result
+        return save_tagged_result(trainer, tag, seed_result.flat())
 
     def report(self, trainer, results: dict) -> dict:
         """Print the before/after table; write frame strips of the same prompts before and after."""
-        before, after = results["before"], results["after"]
-        lines = [f"{'metric':<20}{'before':>10}{'after':>10}", "-" * 40]
-        lines += [f"{k:<20}{before[k]:>10.4f}{after[k]:>10.4f}" for k in before]
-        table = "\n".join(lines)
-        print("\n" + table + "\n")
-        (trainer.run_dir / "eval" / "summary.txt").write_text(table + "\n")
-        summary = {"summary_table": table}
+        summary = {"summary_table": before_after_table(trainer, results)}
         if {"before", "after"} <= set(self._last_videos):
             from genrl.eval.plots import save_grid_png
 

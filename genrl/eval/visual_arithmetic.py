@@ -7,7 +7,6 @@ sharpens the first guess raises pass@1 and can lower pass@k. The same answer rul
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from genrl.config.validate import option
 from genrl.data.visual_arithmetic import KINDS, SYSTEM_PROMPT, VisualArithmetic
-from genrl.eval.benchmark import MetricSpec, SeedResult
+from genrl.eval.benchmark import MetricSpec, SeedResult, before_after_table, save_tagged_result
 from genrl.eval.math_answers import answers_match, extract_answer, format_ok
 from genrl.registry import BENCHMARKS
 
@@ -88,16 +87,7 @@ class VisualArithmeticBenchmark:
         result = seed_result.flat()
         correct = seed_result.per_sample["accuracy"].reshape(self.config.questions, self.config.n_per_prompt)
         result[f"pass@{self.config.n_per_prompt}"] = float(correct.max(1).mean())
-        out = trainer.run_dir / "eval"
-        out.mkdir(exist_ok=True)
-        (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
-        return result
+        return save_tagged_result(trainer, tag, result)
 
     def report(self, trainer, results: dict) -> dict:
-        before, after = results["before"], results["after"]
-        lines = [f"{'metric':<20}{'before':>10}{'after':>10}", "-" * 40]
-        lines += [f"{k:<20}{before[k]:>10.4f}{after[k]:>10.4f}" for k in before]
-        table = "\n".join(lines)
-        print("\n" + table + "\n")
-        (trainer.run_dir / "eval" / "summary.txt").write_text(table + "\n")
-        return {"summary_table": table}
+        return {"summary_table": before_after_table(trainer, results)}

@@ -48,7 +48,8 @@ from genrl.models.ar_video import (
     teacher_forcing_layout,
     window_context,
 )
-from genrl.policies.flow_image import LoraOptions, read_checkpoint_meta
+from genrl.policies.flow_image import LoraOptions
+from genrl.policies.loading import load_rl_checkpoint, read_checkpoint_meta, resolve_genrl_base
 from genrl.policies.weights import TrainableWeights
 from genrl.registry import POLICIES
 from genrl.rng import Purpose, keyed_normal
@@ -119,19 +120,9 @@ class ARVideoPolicy(TrainableWeights):
     # ----------------------------------------------------------------- loading
     @staticmethod
     def resolve_base(config: Config, *, recipe_file: str | None, key: str) -> Path | None:
-        from genrl.config.validate import RecipeError
+        from genrl.pretrain.ar_video import ar_video_base_from_recipe
 
-        if config.base_recipe:
-            from genrl.pretrain.ar_video import ar_video_base_from_recipe
-
-            return ar_video_base_from_recipe(config.base_recipe, referenced_from=recipe_file, key=f"{key}.base_recipe")
-        if config.base_checkpoint:
-            path = Path(config.base_checkpoint).expanduser()
-            if not (path / "checkpoint.json").is_file():
-                raise RecipeError(recipe_file, f"{key}.base_checkpoint",
-                                  f"no checkpoint at {path} (expected a folder with checkpoint.json)")
-            return path.resolve()
-        return None
+        return resolve_genrl_base(config, recipe_file=recipe_file, key=key, from_recipe=ar_video_base_from_recipe)
 
     @staticmethod
     def _load_base(path: Path) -> tuple[nn.Module, VideoPromptEncoder, ARVideoConfig]:
@@ -160,21 +151,15 @@ class ARVideoPolicy(TrainableWeights):
     @classmethod
     def from_checkpoint(cls, path: Path | str, *, use_ema: bool = True, merge: bool = False, device: str = "cpu") -> ARVideoPolicy:
         """Load an ar_video base folder or RL checkpoint for sampling/evaluation."""
-        from genrl.config.validate import build
-        from genrl.trainer.checkpoint import load_tensors, verify_checkpoint
+        from genrl.trainer.checkpoint import load_tensors
 
         path = Path(path).resolve()
         meta = read_checkpoint_meta(path)
         if meta.get("weights") == "full_base":
-            return cls(cls.Config(num_steps=meta.get("num_steps", 4)), device=device, base_dir=path)
-        verify_checkpoint(path)
-        config = build(cls.Config, meta["policy_config"], file=str(path / "checkpoint.json"), key="policy_config")
-        base = Path(meta["base_checkpoint"]) if meta.get("base_checkpoint") else None
-        if base is not None and not base.exists():
-            raise FileNotFoundError(f"{path}: its base checkpoint {base} does not exist")
-        policy = cls(config, device=device, base_dir=base)
-        name = "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "policy.safetensors"
-        policy.load_trainable_state_dict(load_tensors(path / name))
+            return cls(cls.Config(num_steps=meta.get("num_steps", 4), shift=meta.get("shift", 1.0)), device=device,
+                       base_dir=path)
+        policy = load_rl_checkpoint(cls, path, meta, use_ema=use_ema, device=device)
+        config = policy.config
         if (path / "prompt_encoder.safetensors").is_file():
             policy.prompt_encoder.load_state_dict(load_tensors(path / "prompt_encoder.safetensors"))
         if merge and config.lora is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from genrl.models.flow_dit import (
     load_prompt_encoder,
     save_prompt_encoder,
 )
+from genrl.policies.loading import load_rl_checkpoint, read_checkpoint_meta, resolve_genrl_base
 from genrl.policies.weights import TrainableWeights
 from genrl.registry import POLICIES
 from genrl.rng import Purpose, keyed_normal
@@ -48,15 +48,6 @@ class LoraOptions:
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj"],
         help="Module names (suffixes) that get adapters.",
     )
-
-
-def read_checkpoint_meta(path: Path) -> dict:
-    meta_file = Path(path) / "checkpoint.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(
-            f"{path}: not a genrl checkpoint directory (expected {meta_file.name} inside it)"
-        )
-    return json.loads(meta_file.read_text())
 
 
 @POLICIES.register("flow_image")
@@ -122,19 +113,9 @@ class FlowImagePolicy(TrainableWeights):
     @staticmethod
     def resolve_base(config: Config, *, recipe_file: str | None, key: str) -> Path | None:
         """The base checkpoint folder, checked (or built from its recipe) before any training work."""
-        from genrl.config.validate import RecipeError
+        from genrl.pretrain.flow_image import flow_base_from_recipe
 
-        if config.base_recipe:
-            from genrl.pretrain.flow_image import flow_base_from_recipe
-
-            return flow_base_from_recipe(config.base_recipe, referenced_from=recipe_file, key=f"{key}.base_recipe")
-        if config.base_checkpoint:
-            path = Path(config.base_checkpoint).expanduser()
-            if not (path / "checkpoint.json").is_file():
-                raise RecipeError(recipe_file, f"{key}.base_checkpoint",
-                                  f"no checkpoint at {path} (expected a folder with checkpoint.json)")
-            return path.resolve()
-        return None
+        return resolve_genrl_base(config, recipe_file=recipe_file, key=key, from_recipe=flow_base_from_recipe)
 
     @staticmethod
     def _load_base(path: Path) -> tuple[nn.Module, ClassPromptEncoder, FlowDiTConfig]:
@@ -155,21 +136,14 @@ class FlowImagePolicy(TrainableWeights):
     def from_checkpoint(cls, path: Path | str, *, use_ema: bool = True, merge: bool = False,
                         device: str = "cpu") -> FlowImagePolicy:
         """Load any flow_image checkpoint (a pretrained base or an RL checkpoint) for sampling."""
-        from genrl.config.validate import build
-        from genrl.trainer.checkpoint import load_tensors, verify_checkpoint
+        from genrl.trainer.checkpoint import load_tensors
 
         path = Path(path).resolve()
         meta = read_checkpoint_meta(path)
         if meta.get("weights") == "full_base":
             return cls(cls.Config(num_steps=meta.get("num_steps", 10)), device=device, base_dir=path)
-        verify_checkpoint(path)  # exactly the files genrl wrote: a planted pickle is refused, never opened
-        config = build(cls.Config, meta["policy_config"], file=str(path / "checkpoint.json"), key="policy_config")
-        base = Path(meta["base_checkpoint"]) if meta.get("base_checkpoint") else None
-        if base is not None and not base.exists():
-            raise FileNotFoundError(f"{path}: its base checkpoint {base} does not exist")
-        policy = cls(config, device=device, base_dir=base)
-        name = "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "policy.safetensors"
-        policy.load_trainable_state_dict(load_tensors(path / name))
+        policy = load_rl_checkpoint(cls, path, meta, use_ema=use_ema, device=device)
+        config = policy.config
         if (path / "prompt_encoder.safetensors").is_file():  # a from-scratch run's (frozen, seeded) encoder
             policy.prompt_encoder.load_state_dict(load_tensors(path / "prompt_encoder.safetensors"))
         if merge and config.lora is not None:

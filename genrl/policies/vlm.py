@@ -170,24 +170,15 @@ class VLMPolicy(TrainableWeights):
     def from_checkpoint(cls, path: Path | str, *, use_ema: bool = True, merge: bool = False,
                         device: str = "cpu") -> VLMPolicy:
         """A base folder (SFT output, a downloaded model) or a genrl RL checkpoint, ready to answer."""
-        import json
-
-        from genrl.config.validate import build
-        from genrl.trainer.checkpoint import load_tensors, verify_checkpoint
+        from genrl.policies.loading import load_rl_checkpoint, read_checkpoint_meta
 
         path = Path(path).resolve()
-        meta_file = path / "checkpoint.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"weights": "full_base"}
+        meta = read_checkpoint_meta(path) if (path / "checkpoint.json").is_file() else {"weights": "full_base"}
         if meta.get("weights") == "full_base":
             return cls(cls.Config(base_checkpoint=str(path)), device=device, base_dir=path)
-        verify_checkpoint(path)
-        config = build(cls.Config, meta["policy_config"], file=str(meta_file), key="policy_config")
-        base = Path(meta["base_checkpoint"])
-        if not (base / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: its base checkpoint {base} does not exist (or has no config.json)")
-        policy = cls(config, device=device, base_dir=base)
-        name = "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "policy.safetensors"
-        policy.load_trainable_state_dict(load_tensors(path / name))
+        policy = load_rl_checkpoint(cls, path, meta, use_ema=use_ema, device=device,
+                                    base_check=lambda base: (base / "config.json").is_file())
+        config = policy.config
         if merge and config.lora is not None:
             policy.model = policy.engine_model = policy.model.merge_and_unload()
         return policy

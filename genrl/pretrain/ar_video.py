@@ -11,7 +11,6 @@ only segment s's frames are in the loss.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +21,7 @@ from genrl.cache import cached_artifact, resolve_recipe_path
 from genrl.config.validate import option
 from genrl.data.moving_digits import motion_prompts, render_clips
 from genrl.models.ar_video import ARVideoConfig
+from genrl.pretrain.optim import PretrainOptimizer
 from genrl.progress import progress as progress_bar
 from genrl.rng import Purpose, keyed_generator
 
@@ -60,12 +60,6 @@ class ARVideoPretrainRecipe:
             raise ValueError("multi_share: expected a share in [0, 1]")
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def training_clips(config: ARVideoPretrainRecipe) -> dict[str, tuple[list, torch.Tensor]]:
     """The two clip pools (prompts, clips in [-1, 1] as [n, 1, F, H, W]); deterministic in the seed."""
     size = config.model.canvas
@@ -88,9 +82,8 @@ def build_ar_video_base(config: ARVideoPretrainRecipe, out_dir: Path, *, progres
     model, encoder = policy.transformer, policy.prompt_encoder
     encoder.requires_grad_(True)
     params = list(model.parameters()) + list(encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, config.steps, config.warmup_steps))
-    ema = [p.detach().clone() for p in params] if config.ema_decay > 0 else None
+    optim = PretrainOptimizer(params, lr=config.lr, steps=config.steps, warmup=config.warmup_steps,
+                              ema_decay=config.ema_decay)
     pools = training_clips(config)
     levels = torch.tensor(few_step_sigmas(config.num_steps, config.shift)[:-1])
     fpb = config.model.frames_per_block
@@ -111,22 +104,10 @@ def build_ar_video_base(config: ARVideoPretrainRecipe, out_dir: Path, *, progres
         sigmas = levels[torch.randint(len(levels), (len(idx), blocks), generator=g)].repeat_interleave(fpb, 1)
         noise = torch.randn(x0.shape, generator=g)
         loss = policy.teacher_forcing_loss(model, x0, cond, sigmas, noise, loss_frames)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            with torch.no_grad():
-                d = min(config.ema_decay, (1 + step) / (10 + step))
-                for e, p in zip(ema, params):
-                    e.lerp_(p.detach(), 1 - d)
+        optim.step(loss)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    if ema is not None:
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                p.copy_(e)
+    optim.apply_ema()
     from genrl.hashing import tensors_sha256
 
     data = {"source": f"sklearn-digits:{config.split} moving (seed {config.seed})",

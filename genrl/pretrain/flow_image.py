@@ -7,7 +7,6 @@ the prompt dropped to the null class 10 % of the time so that the model also sup
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ from genrl.config.validate import option
 from genrl.data.digits import digit_split
 from genrl.models.flow_dit import FlowDiTConfig
 from genrl.policies.flow_image import FlowImagePolicy
+from genrl.pretrain.optim import PretrainOptimizer
 from genrl.progress import progress as progress_bar
 from genrl.rng import Purpose, keyed_generator
 
@@ -44,21 +44,14 @@ class FlowPretrainRecipe:
     num_steps: int = option(default=10, help="Sampler steps stored with the model (its default).")
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def build_flow_base(config: FlowPretrainRecipe, out_dir: Path, *, progress: bool = True) -> None:
     torch.manual_seed(config.seed)
     policy = FlowImagePolicy(FlowImagePolicy.Config(model=config.model, num_steps=config.num_steps))
     model, encoder = policy.transformer, policy.prompt_encoder
     encoder.requires_grad_(True)
     params = list(model.parameters()) + list(encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, config.steps, config.warmup_steps))
-    ema = [p.detach().clone() for p in params] if config.ema_decay > 0 else None
+    optim = PretrainOptimizer(params, lr=config.lr, steps=config.steps, warmup=config.warmup_steps,
+                              weight_decay=config.weight_decay, ema_decay=config.ema_decay)
     if config.data_file:
         from genrl.data.image_files import load_image_dataset
 
@@ -82,22 +75,10 @@ def build_flow_base(config: FlowPretrainRecipe, out_dir: Path, *, progress: bool
         v = model(hidden_states=xs, encoder_hidden_states=tokens, pooled_projections=pooled,
                   timestep=s * 1000, return_dict=False)[0]
         loss = torch.mean((v - (noise - x0)) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            with torch.no_grad():
-                d = min(config.ema_decay, (1 + step) / (10 + step))
-                for e, p in zip(ema, params):
-                    e.lerp_(p.detach(), 1 - d)
+        optim.step(loss)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    if ema is not None:
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                p.copy_(e)
+    optim.apply_ema()
     policy.save_base(out_dir)
     from genrl.hashing import tensors_sha256
 

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from genrl.config.validate import option
-from genrl.data.moving_digits import DIGIT, MotionPrompt, motion_prompts
+from genrl.data.moving_digits import MotionPrompt, check_motion_layout, motion_prompts
 from genrl.registry import PROMPTS
 from genrl.rng import Purpose, keyed_generator
 
@@ -52,13 +52,7 @@ class MovingDigitPrompts:
         def validate(self) -> None:
             if self.size < 1:
                 raise ValueError(f"size: must be >= 1, got {self.size}")
-            if self.segments < 1:
-                raise ValueError(f"segments: must be >= 1, got {self.segments}")
-            if self.canvas < DIGIT:
-                raise ValueError(f"canvas: must be >= {DIGIT} (the digit's side), got {self.canvas}")
-            if not 1 <= self.segment_frames <= self.canvas - DIGIT + 1:
-                raise ValueError(f"segment_frames: expected 1..{self.canvas - DIGIT + 1} (a segment moves "
-                                 f"segment_frames - 1 px on a {self.canvas} px canvas), got {self.segment_frames}")
+            check_motion_layout(self.segments, self.segment_frames, self.canvas)
 
     def __init__(self, config: Config, *, seed: int) -> None:
         self.config, self.seed = config, seed
