@@ -352,8 +352,26 @@ def tables(summary: dict, args) -> list[str]:
                 lines.append(f"| {arm} | {a['step']} | " + " | ".join(fmt_ci(sm[m]) for m in METRICS)
                              + f" | {fmt_ci(sm['s_per_step'], 2)} | {a['videos']} | {fmt_ci(sm['wall_s'], 0)} |")
             lines.append("")
+        f = s["kvpo_forks"]
+        lines += [f"KVPO fork groups over all training steps and seeds ({f['groups']} groups): reward spread > 0 in "
+                  f"{f['spread_share']:.1%}; some branch beats the anchor in {f['beats_anchor_share']:.1%}; "
+                  f"protect rule engaged in {f['protected_share']:.1%} of branch rows.", ""]
     lines.append("† base: one model; interval over its evaluated videos, not over seeds.")
     return lines
+
+
+def fork_stats(runs: list[Path]) -> dict:
+    """KVPO's fork groups as logged by the trainer: the share with any reward spread (routing changed the
+    rewards), with a branch beating the anchor, and of branch rows under the protect rule."""
+    import yaml
+
+    rows = [r for run in runs for r in read_steps(run)]
+    groups = sum(len(read_steps(run)) * yaml.safe_load((run / "recipe.yaml").read_text())["trainer"]["prompts_per_step"]
+                 for run in runs)
+    return {"groups": groups,
+            "spread_share": float(np.mean([1 - r["adv/zero_std_group_share"] for r in rows])),
+            "beats_anchor_share": float(np.mean([r["adv/beats_anchor_share"] for r in rows])),
+            "protected_share": float(np.mean([r["kvpo/protected_share"] for r in rows]))}
 
 
 def write_readme(out: Path, command: str, protocol: str, body: list[str] | None) -> None:
@@ -511,6 +529,7 @@ def main() -> None:
                     "summary": {k: mean_ci([per_seed[str(seed)][k] for seed in args.seeds]) for k in keys}}
         st["process_wall_s"] = {f"{arm}_seed{seed}": trained[s, seed, arm]["process_wall_s"]
                                 for seed in args.seeds for arm in ARMS}
+        st["kvpo_forks"] = fork_stats([trained[s, seed, "kvpo"]["run"] for seed in args.seeds])
     body = tables(summary, args)
     print("\n".join(body))
     write_readme(out, command, protocol, body)
