@@ -10,17 +10,17 @@ import sys
 import torch
 
 from genrl.trainer.checkpoint import latest_checkpoint, load_tensors
-from tests.helpers import SMOKE
+from tests.helpers import ROOT, SMOKE
 
 
-def _run(run_dir, nproc: int, tmp_path) -> None:
+def _run(run_dir, nproc: int, tmp_path, recipe=SMOKE, port: int = 29533) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["train", str(SMOKE), "--run-dir", str(run_dir), "trainer.steps=2"]
+    args = ["train", str(recipe), "--run-dir", str(run_dir), "trainer.steps=2"]
     if nproc == 1:
         cmd = [sys.executable, "-m", "genrl.cli", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               "29533", "-m", "genrl.cli", *args]
+               str(port), "-m", "genrl.cli", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -43,6 +43,23 @@ def test_two_processes_match_one_process(tmp_path):
         assert torch.allclose(w1[k], w2[k], rtol=1e-5, atol=1e-7), k
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["hardware"]["world_size"] == 2
+
+
+def test_kvpo_fork_groups_split_over_two_processes_match_one_process(tmp_path):
+    """KVPO under DDP: each rank rolls out and updates whole fork groups (one anchor + its branches); the
+    rollouts are identical to one process, the update agrees within float rounding."""
+    recipe = ROOT / "recipes" / "smoke" / "kvpo_tiny.yaml"
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(one, 1, tmp_path, recipe)
+    _run(two, 2, tmp_path, recipe, port=29541)
+    m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert m1[0]["reward/total/mean"] == m2[0]["reward/total/mean"]
+    assert m1[0]["kvpo/energy_mean"] == m2[0]["kvpo/energy_mean"]
+    w1 = load_tensors(latest_checkpoint(one) / "policy.safetensors")
+    w2 = load_tensors(latest_checkpoint(two) / "policy.safetensors")
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-6), k
 
 
 def test_the_committed_single_process_accelerate_config_runs_the_smoke_recipe(tmp_path):
