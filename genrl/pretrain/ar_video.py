@@ -41,6 +41,10 @@ class ARVideoPretrainRecipe:
     segments: int = option(default=3, help="Segments of a multi-prompt clip.")
     segment_frames: int = option(default=8, help="Frames per segment of a multi-prompt clip.")
     multi_share: float = option(default=0.5, help="Share of steps that train on a prompt switch.")
+    first_block_share: float = option(
+        default=0.0, help="Share of steps that train only the first block (the prompt alone must make it: one "
+                          "block in eight of a clip would give it little signal), at first_block_batch clips.")
+    first_block_batch: int = option(default=64, help="Clips per first-block step (cheap: one block, no context).")
     start: Literal["random", "centred"] = option(
         default="random", help="Start position of the clips: random, or centred on the path (only the handwriting varies).")
     steps: int = option(default=1000, help="Optimizer steps.")
@@ -58,6 +62,8 @@ class ARVideoPretrainRecipe:
                              "so that prompt switches fall on block boundaries")
         if not 0 <= self.multi_share <= 1:
             raise ValueError("multi_share: expected a share in [0, 1]")
+        if not 0 <= self.first_block_share < 1 or self.first_block_batch < 1:
+            raise ValueError("first_block_share: expected a share in [0, 1) and first_block_batch >= 1")
 
 
 def training_clips(config: ARVideoPretrainRecipe) -> dict[str, tuple[list, torch.Tensor]]:
@@ -91,11 +97,12 @@ def build_ar_video_base(config: ARVideoPretrainRecipe, out_dir: Path, *, progres
     bar = progress_bar(range(config.steps), desc="pretrain AR video generator", disable=not progress)
     for step in bar:
         g = keyed_generator(config.seed, Purpose.DATA, step)
-        multi = bool(torch.rand((), generator=g) < config.multi_share) and config.segments > 1
+        first = bool(torch.rand((), generator=g) < config.first_block_share)
+        multi = not first and bool(torch.rand((), generator=g) < config.multi_share) and config.segments > 1
         prompts, clips = pools["multi" if multi else "single"]
-        idx = torch.randint(len(clips), (config.batch_size,), generator=g)
+        idx = torch.randint(len(clips), (config.first_block_batch if first else config.batch_size,), generator=g)
         seg = int(torch.randint(1, config.segments, (), generator=g)) if multi else 0
-        end = (seg + 1) * config.segment_frames if multi else clips.shape[2]
+        end = fpb if first else (seg + 1) * config.segment_frames if multi else clips.shape[2]
         x0 = clips[idx, :, :end]
         cond = torch.stack([prompts[i].conditions()[end - 1] for i in idx.tolist()])
         loss_frames = torch.zeros(len(idx), end, dtype=torch.bool)
