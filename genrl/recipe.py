@@ -174,6 +174,9 @@ class TrainRecipe:
         if need and not getattr(self.explorer.config, need, False):
             raise ValueError(f"explorer: objective {self.objective.name!r} needs an explorer with {need}: true "
                              f"(explorer vogue, or noisy_image with {need}: true)")
+        if getattr(self.objective.config, "guard", False) and self.policy.name != "flow_image":
+            raise ValueError(f"objective: guard (GRPO-Guard's step re-weighting) needs the flow_image policy's single "
+                             f"sigma schedule; {self.policy.name!r} has none: set guard: false")
         branches = getattr(self.explorer.config, "branches", None)
         if self.explorer.name == "kvpo" and self.trainer.group_size != branches + 1:
             raise ValueError(f"trainer.group_size: explorer kvpo makes fork groups of branches + 1 (the anchor) = "

@@ -277,6 +277,8 @@ def test_kvpo_recipe_validation_names_the_key():
         smoke_recipe("trainer.group_size=5", path=KVPO_SMOKE)
     with pytest.raises(Exception, match="multiples of group_size"):
         smoke_recipe("trainer.micro_batch_size=2", path=KVPO_SMOKE)
+    with pytest.raises(Exception, match="guard"):
+        smoke_recipe("objective.guard=true", path=SDE_SMOKE)
 
 
 def test_pretrain_builds_a_base_that_reloads_to_the_same_sampler(tmp_path):
