@@ -115,7 +115,6 @@ def kvpo_rollout(policy, model, conds: torch.Tensor, group_keys: torch.Tensor, *
                  plan: KVPOPlan) -> tuple[dict, dict]:
     """Generate this piece's fork groups (anchor first); returns (tensors, meta) for the rollout."""
     from genrl.policies.ar_video import SCOPE_AFTER, SCOPE_CHUNK, SCOPE_PREFIX
-    from genrl.rng import Purpose as P
 
     mc = policy.model_config
     if plan.keep_recent >= mc.window_frames:
@@ -128,15 +127,18 @@ def kvpo_rollout(policy, model, conds: torch.Tensor, group_keys: torch.Tensor, *
                          f"got {B} rows with group ids {keys[:2 * G1]}...")
     heads = torch.arange(0, B, G1, device=conds.device)
     head_keys = keys[::G1]
-    starts = policy._block_starts(conds.shape[1])
+    starts = policy.block_starts(conds.shape[1])
     fork = plan.fork_block(starts, mc)
     window = range(fork, fork + plan.window_blocks)
+    is_anchor = torch.zeros(B, dtype=torch.bool, device=conds.device)
+    is_anchor[heads] = True
+    branch_rows = torch.nonzero(~is_anchor).flatten()
     # 1. the shared prefix, once per group
-    clean_h, cache_h, _ = policy._sample(model, conds[heads], head_keys, seed=seed, purpose=P.INIT_NOISE, step=step,
-                                         blocks=range(fork))
+    clean_h, cache_h, _ = policy.sample_blocks(model, conds[heads], head_keys, seed=seed, purpose=Purpose.INIT_NOISE,
+                                               step=step, blocks=range(fork))
     rep = torch.arange(len(heads), device=conds.device).repeat_interleave(G1)
     cache, clean = cache_h.select(rep), clean_h[rep].clone()
-    fork_cache = cache.select(torch.arange(B, device=conds.device))  # the unperturbed fork-time cache (for TVE)
+    fork_cache = cache.select(branch_rows)  # the unperturbed fork-time cache of the branches (for the TVE)
     # 2. routed contexts of the window blocks: row 0 of a group is the anchor (its normal window)
     routed = torch.full((B, plan.routed_count(mc)), -1, dtype=torch.long)
     contexts = {}
@@ -149,15 +151,13 @@ def kvpo_rollout(policy, model, conds: torch.Tensor, group_keys: torch.Tensor, *
                 routed[g * G1 + 1 + k] = torch.tensor(frames)
         contexts[b] = torch.tensor(ctx, dtype=torch.long, device=conds.device)
     # 3. window and tail, every row continuing its own cache; prefix/initial/tail noise keyed by the group
-    clean, _, traj = policy._sample(model, conds, keys, seed=seed, purpose=P.INIT_NOISE, step=step, cache=cache,
-                                    clean=clean, blocks=range(fork, len(starts)), contexts=contexts, state_blocks=window)
+    clean, _, traj = policy.sample_blocks(model, conds, keys, seed=seed, purpose=Purpose.INIT_NOISE, step=step,
+                                          cache=cache, clean=clean, blocks=range(fork, len(starts)), contexts=contexts,
+                                          state_blocks=window)
     states = torch.stack([traj[b][0] for b in window], 1)  # [B, P, K+1, C, f, H, W]
-    is_anchor = torch.zeros(B, dtype=torch.bool, device=conds.device)
-    is_anchor[heads] = True
     energy = torch.zeros(B, device=conds.device)
-    branch_rows = torch.nonzero(~is_anchor).flatten()
-    energy[branch_rows] = policy.branch_energy(model, fork_cache.select(branch_rows), clean[branch_rows],
-                                               conds[branch_rows], states[branch_rows], fork)
+    energy[branch_rows] = policy.branch_energy(model, fork_cache, clean[branch_rows], conds[branch_rows],
+                                               states[branch_rows], fork)
     fpb = mc.frames_per_block
     scope = torch.full(conds.shape[:2], SCOPE_AFTER, dtype=torch.long, device=conds.device)
     scope[:, :starts[fork]] = SCOPE_PREFIX

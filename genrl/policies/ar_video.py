@@ -248,7 +248,7 @@ class ARVideoPolicy(TrainableWeights):
         return torch.cat(outs).float()
 
     # ------------------------------------------------------------------ layout
-    def _block_starts(self, frames: int) -> list[int]:
+    def block_starts(self, frames: int) -> list[int]:
         fpb = self.model_config.frames_per_block
         if frames % fpb:
             raise ValueError(f"a video of {frames} frames does not split into blocks of {fpb} frames")
@@ -340,11 +340,11 @@ class ARVideoPolicy(TrainableWeights):
         model = self.engine_model
         model.eval()
         conds = self.frame_conditions(prompts, self.device)
-        clean, _, _ = self._sample(model, conds, sample_ids.tolist(), seed=seed, purpose=purpose, step=step,
-                                   record=record, use_cache=use_cache)
+        clean, _, _ = self.sample_blocks(model, conds, sample_ids.tolist(), seed=seed, purpose=purpose, step=step,
+                                         record=record, use_cache=use_cache)
         return self.to_video(clean)
 
-    def _sample(self, model, conds, keys, *, seed, purpose, step, record=None, cache: KVCache | None = None,
+    def sample_blocks(self, model, conds, keys, *, seed, purpose, step, record=None, cache: KVCache | None = None,
                 clean: torch.Tensor | None = None, blocks=None, contexts: dict[int, torch.Tensor] | None = None,
                 stochastic=None, rule: str = "cps", level: float = 1.0, state_blocks=(), use_cache: bool = True):
         """Generate ``blocks`` (default: all) of ``len(keys)`` rows, continuing ``cache``/``clean`` if given.
@@ -353,7 +353,7 @@ class ARVideoPolicy(TrainableWeights):
         [B, C, F, H, W], cache, {block: (states, log-probs)} for ``state_blocks``, or every block if stochastic)."""
         c = self.model_config
         B, frames = len(keys), conds.shape[1]
-        starts = self._block_starts(frames)
+        starts = self.block_starts(frames)
         if cache is None:
             cache = KVCache.empty(B, frames, c, device=self.device)
             clean = torch.zeros(B, c.channels, frames, c.canvas, c.canvas, device=self.device)
@@ -411,9 +411,9 @@ class ARVideoPolicy(TrainableWeights):
         return Rollout(tensors, {**meta, "step": step, "seed": seed})
 
     def _sde_rollout(self, model, conds, sample_ids, *, step, seed, plan, explorer_config):
-        clean, _, traj = self._sample(model, conds, sample_ids.tolist(), seed=seed, purpose=Purpose.INIT_NOISE, step=step,
-                                   stochastic=plan.stochastic, rule=explorer_config.noise_rule,
-                                   level=explorer_config.noise_level)
+        clean, _, traj = self.sample_blocks(model, conds, sample_ids.tolist(), seed=seed, purpose=Purpose.INIT_NOISE,
+                                            step=step, stochastic=plan.stochastic, rule=explorer_config.noise_rule,
+                                            level=explorer_config.noise_level)
         blocks = sorted(traj)
         states = torch.stack([traj[b][0] for b in blocks], 1)  # [B, nb, K+1, C, f, H, W]
         log_probs = torch.stack([traj[b][1] for b in blocks], 1).flatten(1)  # [B, nb*K]
@@ -436,7 +436,7 @@ class ARVideoPolicy(TrainableWeights):
         c = self.model_config
         cache = KVCache.empty(len(clean), clean.shape[2], c, device=clean.device)
         with torch.no_grad():
-            for start in self._block_starts(clean.shape[2])[:upto_block]:
+            for start in self.block_starts(clean.shape[2])[:upto_block]:
                 self._before_block(model, cache, clean, conds, start)
                 self.velocity_cached(model, cache, clean[:, :, start:start + c.frames_per_block], 0.0, conds[:, start],
                                      start, self._anchor_context(start, len(clean)), write=True)
@@ -458,7 +458,7 @@ class ARVideoPolicy(TrainableWeights):
         with ctx as model:
             if not reference:
                 model.train()
-            starts = self._block_starts(clean.shape[2])
+            starts = self.block_starts(clean.shape[2])
             cache = self._replay_cache(model, clean, conds, 0)
             for b, start in enumerate(starts):
                 self._before_block(model, cache, clean, conds, start)
@@ -489,7 +489,7 @@ class ARVideoPolicy(TrainableWeights):
         produces this branch, so softmax(-E / tau) is a policy over branches. One function serves the rollout
         (old energies, no grad) and the update (with grad); ``cache`` is modified."""
         c, K, sig = self.model_config, self.config.num_steps, self.step_sigmas
-        starts = self._block_starts(clean.shape[2])
+        starts = self.block_starts(clean.shape[2])
         energy = torch.zeros(len(clean), device=clean.device)
         for j in range(states.shape[1]):
             start = starts[fork + j]
