@@ -21,7 +21,6 @@ index operation on :class:`KVCache`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -247,14 +246,6 @@ def install_block_causal(transformer: WanTransformer3DModel, cfg: ARVideoConfig)
     return state
 
 
-def model_config_of(transformer: WanTransformer3DModel, **block_layout) -> ARVideoConfig:
-    """The :class:`ARVideoConfig` of a loaded Wan transformer (block layout given separately)."""
-    c = transformer.config
-    return ARVideoConfig(canvas=block_layout.pop("canvas"), channels=c.in_channels, patch=c.patch_size[1],
-                         layers=c.num_layers, heads=c.num_attention_heads, head_dim=c.attention_head_dim,
-                         ffn_dim=c.ffn_dim, text_dim=c.text_dim, freq_dim=c.freq_dim, **block_layout)
-
-
 def flow_timestep(sigma: torch.Tensor) -> torch.Tensor:
     """Wan's timestep for noise level sigma (flow matching: t = 1000 sigma)."""
     return sigma * 1000.0
@@ -265,6 +256,3 @@ def few_step_sigmas(steps: int, shift: float = 1.0) -> list[float]:
     raw = [1 - i / steps for i in range(steps)]
     return [shift * s / (1 + (shift - 1) * s) for s in raw] + [0.0]
 
-
-def round_up(x: int, m: int) -> int:
-    return m * math.ceil(x / m)

@@ -115,7 +115,6 @@ class ARVideoPolicy(TrainableWeights):
         self.transformer.to(self.device)
         self.prompt_encoder.to(self.device)
         self.engine_model: nn.Module = self.transformer
-        self._items: dict[int, object] = {}
 
     # ----------------------------------------------------------------- loading
     @staticmethod
