@@ -247,6 +247,22 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """``genrl export``: the trained weights of a run as a diffusers LoRA, a merged model or a PEFT adapter."""
+    import torch
+
+    from genrl.export import ExportError, export_run
+
+    torch.set_num_threads(args.num_threads)
+    try:
+        out = export_run(args.path, args.format, args.out, use_ema=not args.no_ema)
+    except ExportError as err:
+        print(f"genrl: export error: {err}", file=sys.stderr)
+        return 2
+    print(f"[genrl] {args.format} export of {args.path} -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genrl", description="RL fine-tuning of generative policies.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -362,6 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
     e.add_argument("--num-threads", type=int, default=1)
     e.set_defaults(func=_eval)
+
+    x = sub.add_parser("export", help="write a run's weights as a diffusers LoRA, a merged model or a PEFT adapter")
+    x.add_argument("path", help="run directory (latest checkpoint) or checkpoint directory")
+    x.add_argument("--format", required=True, choices=["diffusers-lora", "merged", "peft"],
+                   help="diffusers-lora: pipeline.load_lora_weights(OUT); merged: from_pretrained(OUT) loads the whole "
+                        "model with the adapters merged; peft: PeftModel.from_pretrained(base, OUT)")
+    x.add_argument("--out", required=True, help="new (or empty) output folder")
+    x.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA weights exist")
+    x.add_argument("--num-threads", type=int, default=1)
+    x.set_defaults(func=_export)
 
     c = sub.add_parser("compare", help="compare eval outputs of the same benchmark, first one = baseline")
     c.add_argument("results", nargs="+", help="genrl eval output folders or their metrics.json files")

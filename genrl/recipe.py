@@ -164,6 +164,10 @@ class TrainRecipe:
                 not hasattr(PROMPTS.get(self.prompts.name), "items"):
             raise ValueError(f"prompts: policy {self.policy.name!r} needs a prompt source with items (questions with "
                              f"images), e.g. visual_arithmetic; {self.prompts.name!r} gives ids only")
+        if getattr(PROMPTS.get(self.prompts.name), "gives_text", False) and \
+                getattr(self.policy.config, "pipeline", "") is None:
+            raise ValueError(f"prompts: {self.prompts.name!r} gives text prompts; policy {self.policy.name!r} without "
+                             f"a pipeline is a class-conditioned model: set policy.pipeline.path to a diffusers pipeline")
         batch = self.trainer.prompts_per_step * self.trainer.group_size
         if getattr(self.policy.config, "old_log_probs", "rollout") == "update" and (
                 self.trainer.inner_epochs != 1 or self.trainer.minibatch_size != batch):

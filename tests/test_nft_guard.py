@@ -32,8 +32,11 @@ class _LinearPolicy:
     def trainable_parameters(self):
         return dict(self.net.named_parameters())
 
-    def velocity(self, model, x, sigma, labels):
+    def velocity(self, model, x, sigma, cond):
         return model(x) + sigma.view(-1, 1)
+
+    def conditioning(self, batch):
+        return {"labels": batch["prompts"]}
 
 
 def _batch(x0: torch.Tensor, adv: torch.Tensor) -> Rollout:

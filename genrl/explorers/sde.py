@@ -107,7 +107,7 @@ class SDEExplorer:
     window the sampler is the plain ODE unless ``sde_outside_window``.
     """
 
-    policies = ("flow_image", "ar_video")
+    policies = ("flow_image", "flow_video", "ar_video")
 
     @dataclass
     class Config:

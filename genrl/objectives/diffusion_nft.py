@@ -75,7 +75,7 @@ def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x0: 
 
 @OBJECTIVES.register("diffusion_nft")
 class DiffusionNFT:
-    policies = ("flow_image",)  # forward-process velocity loss
+    policies = ("flow_image", "flow_video")  # forward-process velocity loss
 
     @dataclass
     class Config:
@@ -168,13 +168,13 @@ class DiffusionNFT:
         self._placed = True
 
     @torch.no_grad()
-    def _old_velocity(self, policy, x, sigma, labels) -> torch.Tensor:
+    def _old_velocity(self, policy, x, sigma, cond) -> torch.Tensor:
         params = policy.trainable_parameters()
         backup = {n: p.detach().clone() for n, p in params.items()}
         for n, p in params.items():
             p.copy_(self._old[n])
         try:
-            return policy.velocity(policy.engine_model, x, sigma, labels)
+            return policy.velocity(policy.engine_model, x, sigma, cond)
         finally:
             for n, p in params.items():
                 p.copy_(backup[n])
@@ -208,17 +208,18 @@ class DiffusionNFT:
         self._begin_step(policy, batch.meta.get("step"))
         x0_all = batch["latents"][:, -1].float()  # the sampler's clean output, model space
         row, t, eps = self._draw(policy, batch, x0_all)
-        x0, labels = x0_all[row], batch["prompts"][row]
+        x0 = x0_all[row]
+        cond = {k: v[row] for k, v in policy.conditioning(batch).items()}  # each row's prompt, once per draw
         adv = batch["advantages"][row].float()
         r = 0.5 + 0.5 * torch.clamp(adv / cfg.adv_clip, -1.0, 1.0)  # optimality probability
 
         shape = (-1,) + (1,) * (x0.dim() - 1)
         x_t = (1 - t.view(shape)) * x0 + t.view(shape) * eps
         target = eps - x0
-        v_old = self._old_velocity(policy, x_t, t, labels)
+        v_old = self._old_velocity(policy, x_t, t, cond)
         model = policy.engine_model
         model.train()
-        v_theta = policy.velocity(model, x_t, t, labels)
+        v_theta = policy.velocity(model, x_t, t, cond)
         per_row = nft_loss(v_theta, v_old, x_t, x0, target, t, r, beta=cfg.beta, weighting=cfg.weighting)
         # mean over each sample's timesteps, then over samples (every sample draws the same number of t)
         policy_loss = (cfg.adv_clip / cfg.beta) * per_row.mean()
@@ -226,7 +227,7 @@ class DiffusionNFT:
         metrics = {}
         if cfg.kl_beta > 0:
             with torch.no_grad(), policy.reference() as ref:
-                v_ref = policy.velocity(ref, x_t, t, labels)
+                v_ref = policy.velocity(ref, x_t, t, cond)
             kl = (v_theta - v_ref).pow(2).flatten(1).mean(1).mean()
             loss = loss + cfg.kl_beta * kl
             metrics["kl"] = float(kl.detach())

@@ -36,7 +36,7 @@ from genrl.trainer.rollout import Rollout
 
 @OBJECTIVES.register("flow_grpo")
 class FlowGRPO:
-    policies = ("flow_image", "ar_video")  # per-step Gaussian log-probs of a flow sampler
+    policies = ("flow_image", "flow_video", "ar_video")  # per-step Gaussian log-probs of a flow sampler
 
     @dataclass
     class Config:

@@ -1,6 +1,8 @@
-"""Flow-matching image policy: a diffusers flow transformer + FlowMatchEulerDiscreteScheduler.
+"""Flow-matching image (and video) policy: a diffusers flow transformer + flow-matching Euler sampler.
 
-Rollout walks the sampler with the explorer's SDE steps and stores the whole trajectory with the
+The model family sits behind a backbone (:mod:`genrl.models.flow_backbones`): genrl's class-conditioned
+digits model, or a diffusers pipeline folder (SD3/SD3.5, FLUX.1; Wan2.1 for ``flow_video``) whose
+transformer is the policy and whose text encoders and VAE stay frozen. Rollout walks the sampler with the explorer's SDE steps and stores the whole trajectory with the
 old per-step log-probabilities; ``score`` replays the stored transitions of the trained steps
 through the *same* step function (``sde_step``) with gradients.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from torch import nn
 
 from genrl.config.validate import option
 from genrl.explorers.sde import ExplorationPlan, sde_step
+from genrl.models.flow_backbones import DTYPES, ClassBackbone, Cond, load_pipeline_backbone, pipeline_family
 from genrl.models.flow_dit import (
     ClassPromptEncoder,
     FlowDiTConfig,
@@ -50,14 +54,41 @@ class LoraOptions:
     )
 
 
+@dataclass
+class PipelineOptions:
+    """A diffusers pipeline folder as the base model, and how it is run."""
+
+    path: str = option(help="Pipeline folder (model_index.json inside): StableDiffusion3Pipeline, FluxPipeline "
+                            "(flow_image) or WanPipeline (flow_video), e.g. a local stable-diffusion-3.5-medium.")
+    height: int = option(default=512, help="Image/video height in pixels.")
+    width: int = option(default=512, help="Image/video width in pixels.")
+    num_frames: int = option(default=33, help="Video frames (flow_video; Wan needs 1 + a multiple of 4).")
+    negative_prompt: str = option(default="", help="CFG's unconditional prompt (SD3, Wan; FLUX.1-dev embeds guidance).")
+    max_sequence_length: int = option(default=256, help="T5/UMT5 prompt tokens (SD3 256, FLUX 512, Wan 226 upstream).")
+    dtype: str = option(default="float32", help="Weights of the frozen parts and of the transformer's base weights: "
+                                                "float32, bfloat16 or float16 (LoRA adapters are kept in float32).")
+    prompt_cache_size: int = option(default=1024, help="Distinct prompts whose text embeddings stay cached (CPU).")
+    decode_chunk: int = option(default=8, help="Rows per VAE decode call (decoding runs only for rewards).")
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("height", "width", "num_frames", "max_sequence_length", "prompt_cache_size", "decode_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1")
+
+
 @POLICIES.register("flow_image")
 class FlowImagePolicy(TrainableWeights):
-    """Class/prompt-conditioned flow-matching image generator as a stochastic policy."""
+    """Class- or text-conditioned flow-matching image generator as a stochastic policy."""
+
+    families = ("sd3", "flux")  # pipeline families this policy name accepts
+    class_models = True  # genrl's class-conditioned models too (flow_video has none)
 
     @dataclass
     class Config:
         base_checkpoint: str | None = option(
-            default=None, help="Checkpoint directory of the base model (a genrl checkpoint or pipeline folder)."
+            default=None, help="Checkpoint directory of a genrl base model (pretrained or an RL checkpoint)."
         )
         base_recipe: str | None = option(
             default=None,
@@ -66,17 +97,25 @@ class FlowImagePolicy(TrainableWeights):
         model: FlowDiTConfig = option(
             default_factory=FlowDiTConfig, help="Architecture when starting from random weights (no base)."
         )
+        pipeline: PipelineOptions | None = option(
+            default=None, help="A diffusers pipeline folder as the base (instead of base_checkpoint/base_recipe).")
         num_steps: int = option(default=10, help="Denoising steps of the sampler (rollout and evaluation).")
-        shift: float = option(default=1.0, help="Timestep shift of the flow-matching scheduler.")
+        shift: float | None = option(
+            default=None, help="Timestep shift of the flow-matching schedule; null = the model's own (1.0 for genrl "
+                               "models, the pipeline scheduler's shift, FLUX's resolution-dependent one).")
         guidance_scale: float = option(default=1.0, help="Classifier-free guidance scale; 1 disables CFG.")
         lora: LoraOptions | None = option(default=None, help="LoRA adapter settings; null = full fine-tuning.")
         forward_chunk: int = option(
             default=32, help="Rows per network call; fixed so results do not depend on batch composition."
         )
+        gradient_checkpointing: bool = option(
+            default=False, help="Re-compute the transformer's activations in the backward pass (saves memory).")
 
         def validate(self) -> None:
             if self.base_checkpoint and self.base_recipe:
                 raise ValueError("base_recipe: give base_checkpoint or base_recipe, not both")
+            if self.pipeline is not None and (self.base_checkpoint or self.base_recipe):
+                raise ValueError("pipeline: a pipeline folder is the base; drop base_checkpoint/base_recipe")
             if self.num_steps < 1:
                 raise ValueError("num_steps: must be >= 1")
             if self.forward_chunk < 1:
@@ -86,16 +125,34 @@ class FlowImagePolicy(TrainableWeights):
         self.config = config
         self.device = torch.device(device)
         self.base_dir = Path(base_dir).resolve() if base_dir else None
-        if self.base_dir is not None:
-            self.transformer, self.prompt_encoder, self.model_config = self._load_base(self.base_dir)
+        self.prompt_encoder: ClassPromptEncoder | None = None
+        if config.pipeline is not None:
+            path = Path(config.pipeline.path).expanduser().resolve()
+            family = pipeline_family(path)
+            if family not in self.families:
+                raise ValueError(f"{path}: a {family!r} pipeline is not a {self._name()} model (this policy takes "
+                                 f"{list(self.families)}; video pipelines go with policy flow_video)")
+            self.backbone = load_pipeline_backbone(path, config.pipeline, device=self.device)
+            self.backbone.guidance_scale = config.guidance_scale
+            self.transformer, self.model_config = self.backbone.transformer, None
         else:
-            self.model_config = config.model
-            self.transformer = build_transformer(config.model)
-            self.prompt_encoder = ClassPromptEncoder(config.model.num_classes, config.model.cond_tokens, config.model.cond_dim)
-        self.prompt_encoder.requires_grad_(False)
-        self.scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
+            if not self.class_models:
+                raise ValueError(f"{self._name()}: needs a pipeline folder (policy.pipeline.path)")
+            if self.base_dir is not None:
+                self.transformer, self.prompt_encoder, self.model_config = self._load_base(self.base_dir)
+            else:
+                self.model_config = config.model
+                self.transformer = build_transformer(config.model)
+                self.prompt_encoder = ClassPromptEncoder(config.model.num_classes, config.model.cond_tokens,
+                                                         config.model.cond_dim)
+            self.backbone = ClassBackbone(self.transformer, self.prompt_encoder, self.model_config)
+        for m in self.backbone.frozen_modules():
+            m.requires_grad_(False)
+        self.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0 if config.shift is None else config.shift)
         self.scheduler.set_timesteps(config.num_steps)
-        self.sigmas = self.scheduler.sigmas.float().to(self.device)
+        self.sigmas = self.backbone.sigmas(config.num_steps, config.shift).to(self.device)
+        if config.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
         if config.lora is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -105,16 +162,35 @@ class FlowImagePolicy(TrainableWeights):
                 target_modules=list(config.lora.target_modules), init_lora_weights=True,
             )
             self.transformer = get_peft_model(self.transformer, lcfg)
+            for p in self.transformer.parameters():  # adapters train in float32 over low-precision base weights
+                if p.requires_grad:
+                    p.data = p.data.float()
         self.transformer.to(self.device)
-        self.prompt_encoder.to(self.device)
+        for m in self.backbone.frozen_modules():
+            m.to(self.device)
         self.engine_model: nn.Module = self.transformer  # replaced by the engine-wrapped module (DDP, ...)
+        self._items: dict[int, object] = {}
+
+    def _name(self) -> str:
+        return next(n for n in POLICIES.names() if POLICIES.get(n) is type(self))
 
     # ----------------------------------------------------------------- loading
-    @staticmethod
-    def resolve_base(config: Config, *, recipe_file: str | None, key: str) -> Path | None:
-        """The base checkpoint folder, checked (or built from its recipe) before any training work."""
+    @classmethod
+    def resolve_base(cls, config: Config, *, recipe_file: str | None, key: str) -> Path | None:
+        """The base checkpoint folder, checked (or built from its recipe) before any training work; a pipeline
+        folder is checked to hold a pipeline of a family this policy takes."""
+        from genrl.config.validate import RecipeError
         from genrl.pretrain.flow_image import flow_base_from_recipe
 
+        if config.pipeline is not None:
+            try:
+                family = pipeline_family(Path(config.pipeline.path).expanduser())
+            except (FileNotFoundError, ValueError) as exc:
+                raise RecipeError(recipe_file, f"{key}.pipeline.path", str(exc)) from None
+            if family not in cls.families:
+                raise RecipeError(recipe_file, f"{key}.pipeline.path",
+                                  f"a {family!r} pipeline; this policy takes {list(cls.families)}")
+            return None
         return resolve_genrl_base(config, recipe_file=recipe_file, key=key, from_recipe=flow_base_from_recipe)
 
     @staticmethod
@@ -160,75 +236,94 @@ class FlowImagePolicy(TrainableWeights):
         save_prompt_encoder(self.prompt_encoder, out_dir / "prompt_encoder.safetensors")
 
     def checkpoint_meta(self) -> dict:
+        if self.prompt_encoder is None:
+            return {"policy": self._name(), "pipeline": str(self.backbone.path)}
         return {"policy": "flow_image", "model": asdict(self.model_config)}
 
     # --------------------------------------------------------------- parameters
     def trainable_module(self) -> nn.Module:
-        """The module the engine wraps (DDP/DeepSpeed/FSDP); the prompt encoder stays frozen outside."""
+        """The module the engine wraps (DDP/DeepSpeed/FSDP); prompt/text encoders and the VAE stay frozen outside."""
         return self.transformer
 
-    @staticmethod
-    def reward_inputs(rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """What reward callables receive: images [B, H, W] in [0, 1] and the prompts, on the CPU."""
-        return rollout["images"].cpu(), rollout["prompts"].cpu()
+    def reward_inputs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | list]:
+        """What reward callables receive, on the CPU: images in [0, 1] ([B, H, W] for single-channel models,
+        [B, 3, H, W]; videos [B, F, 3, H, W]) and the prompts (class ids, or the prompt texts with metadata)."""
+        prompts = rollout["prompts"].cpu()
+        if self.backbone.condition_kind == "text":
+            return rollout["images"].cpu(), [self._items[int(i)] for i in prompts.tolist()]
+        return rollout["images"].cpu(), prompts
 
     def frozen_checkpoint_files(self) -> dict[str, dict[str, torch.Tensor]]:
         """Frozen parts a checkpoint must carry to be sampled on its own (not in the optimizer)."""
+        if self.prompt_encoder is None:  # a pipeline's frozen parts stay in its folder
+            return {}
         return {"prompt_encoder.safetensors": {k: v.detach().cpu() for k, v in self.prompt_encoder.state_dict().items()}}
 
     # -------------------------------------------------------------- the network
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        c = self.model_config
-        return (c.channels, c.sample_size, c.sample_size)
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one sample in model (latent) space."""
+        return tuple(self.backbone.latent_shape)
 
     @property
     def reward_sample_spec(self) -> tuple[tuple[int, ...], str]:
         """(shape of one sample as reward callables receive it, kind of contexts), for compatibility checks."""
+        if self.prompt_encoder is None:
+            o = self.config.pipeline
+            image = (3, o.height, o.width)
+            return ((o.num_frames, *image) if self.backbone.kind == "video" else image), "text"
         c, h, w = self.image_shape
         return ((h, w) if c == 1 else (c, h, w)), "class"
 
-    def _forward_chunked(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def conditioning(self, batch: Rollout) -> Cond:
+        """The per-row conditioning a rollout stored (what the update re-scores with)."""
+        return {k[len("cond."):]: v for k, v in batch.tensors.items() if k.startswith("cond.")}
+
+    def _forward_chunked(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         n, chunk = len(x), self.config.forward_chunk
-        timestep = (sigma * self.scheduler.config.num_train_timesteps).expand(n)
+        sigma = sigma.expand(n)
+
+        def piece(t: torch.Tensor, s: int) -> torch.Tensor:
+            tb = t[s : s + chunk]
+            if len(tb) < chunk:  # pad with copies of the last row so the kernel sees the same batch size
+                tb = torch.cat([tb, tb[-1:].expand(chunk - len(tb), *tb.shape[1:])])
+            return tb
+
         outs = []
         for s in range(0, n, chunk):
-            xb, tb, lb = x[s : s + chunk], timestep[s : s + chunk], labels[s : s + chunk]
-            m = len(xb)
-            if m < chunk:  # pad with copies of the last row so the kernel sees the same batch size
-                pad = chunk - m
-                xb = torch.cat([xb, xb[-1:].expand(pad, *xb.shape[1:])])
-                tb = torch.cat([tb, tb[-1:].expand(pad)])
-                lb = torch.cat([lb, lb[-1:].expand(pad)])
-            tokens, pooled = self.prompt_encoder(lb)
-            out = model(hidden_states=xb, encoder_hidden_states=tokens, pooled_projections=pooled,
-                        timestep=tb, return_dict=False)[0]
-            outs.append(out[:m])
-        return torch.cat(outs).float()
+            m = min(chunk, n - s)
+            out = self.backbone.network(model, piece(x, s), piece(sigma, s), {k: piece(v, s) for k, v in cond.items()})
+            outs.append(out[:m].float())
+        return torch.cat(outs)
 
-    def velocity(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        v = self._forward_chunked(model, x, sigma, labels)
+    def velocity(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The guided velocity at noise level ``sigma`` (a scalar or one per row). FLUX.1-dev's guidance is an
+        input of the network (no second pass); the other families run CFG's unconditional branch."""
+        v = self._forward_chunked(model, x, sigma, cond)
         g = self.config.guidance_scale
-        if g != 1.0:
-            null = torch.full_like(labels, self.model_config.num_classes)
-            v_uncond = self._forward_chunked(model, x, sigma, null)
+        if g != 1.0 and not getattr(self.backbone, "guidance_embeds", False):
+            v_uncond = self._forward_chunked(model, x, sigma, self.backbone.null_condition(cond))
             v = v_uncond + g * (v - v_uncond)
         return v
 
-    @staticmethod
-    def to_images(x: torch.Tensor) -> torch.Tensor:
-        """Model space [-1, 1] -> images in [0, 1], [B, H, W] for single-channel models."""
-        img = ((x.float() + 1) / 2).clamp(0, 1)
-        return img[:, 0] if img.shape[1] == 1 else img
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> what rewards see, in [0, 1] (the pipeline's VAE decodes latents)."""
+        return self.backbone.decode(x)
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
     def rollout(self, prompts: torch.Tensor, sample_ids: torch.Tensor, *, step: int, seed: int,
-                plan: ExplorationPlan, explorer_config) -> Rollout:
-        """Sample a batch with SDE exploration; store trajectory + old log-probs of every step."""
+                plan: ExplorationPlan, explorer_config, items: list | None = None,
+                group_ids: torch.Tensor | None = None) -> Rollout:
+        """Sample a batch with SDE exploration; store trajectory + old log-probs of every step.
+
+        ``items`` are the prompt source's records of ``prompts`` (the texts, for pipeline models)."""
         model = self.engine_model
         model.eval()
         labels = prompts.to(self.device)
+        if items is not None:
+            self._items = {int(i): it for i, it in zip(prompts.tolist(), items)}  # this piece's, for reward_inputs
+        cond = self.backbone.condition(labels, items)
         ids = sample_ids.tolist()
         x = keyed_normal(self.image_shape, seed, Purpose.INIT_NOISE, step, ids, device=self.device)
         traj, log_probs = [x], torch.zeros(len(x), self.config.num_steps, device=self.device)
@@ -236,7 +331,7 @@ class FlowImagePolicy(TrainableWeights):
         rule, level = explorer_config.noise_rule, explorer_config.noise_level
         for t in range(self.config.num_steps):
             sigma, sigma_next = self.sigmas[t], self.sigmas[t + 1]
-            v = self.velocity(model, x, sigma, labels)
+            v = self.velocity(model, x, sigma, cond)
             if plan.stochastic[t]:
                 noise = keyed_normal(self.image_shape, seed, Purpose.STEP_NOISE, step, ids, t, device=self.device)
                 x, lp, mean, _ = sde_step(x, v, sigma.expand(len(x)), sigma_next.expand(len(x)),
@@ -253,7 +348,8 @@ class FlowImagePolicy(TrainableWeights):
         meta = {"train_steps": list(plan.train_steps), "noise_rule": rule, "noise_level": level,
                 "step": step, "seed": seed}
         tensors = {"prompts": labels, "sample_ids": sample_ids.to(self.device), "latents": torch.stack(traj, 1),
-                   "log_probs": log_probs, "images": self.to_images(x)}
+                   "log_probs": log_probs, "images": self.to_images(x).to(self.device),
+                   **{f"cond.{k}": v for k, v in cond.items()}}
         if old_means and len(old_means) == len(plan.train_steps):
             tensors["old_means"] = torch.stack([old_means[t] for t in plan.train_steps], 1)  # [B, W, ...]
         return Rollout(tensors, meta)
@@ -265,14 +361,14 @@ class FlowImagePolicy(TrainableWeights):
         """
         ctx = self.reference() if reference else contextlib.nullcontext(self.engine_model)
         steps = batch.meta["train_steps"]
-        lat, labels = batch["latents"], batch["prompts"]
+        lat, cond = batch["latents"], self.conditioning(batch)
         out_lp, out_mean = [], []
         with ctx as model:
             if not reference:
                 model.train()
             for t in steps:
                 sigma, sigma_next = self.sigmas[t], self.sigmas[t + 1]
-                v = self.velocity(model, lat[:, t], sigma, labels)
+                v = self.velocity(model, lat[:, t], sigma, cond)
                 _, lp, mean, std = sde_step(
                     lat[:, t], v, sigma.expand(len(v)), sigma_next.expand(len(v)), sigma_max=float(self.sigmas[1]),
                     rule=batch.meta["noise_rule"], noise_level=batch.meta["noise_level"], x_next=lat[:, t + 1],
@@ -291,20 +387,91 @@ class FlowImagePolicy(TrainableWeights):
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
     def sample_ode(self, prompts: torch.Tensor, sample_ids: torch.Tensor, *, seed: int,
-                   purpose: Purpose = Purpose.EVAL, step: int = 0) -> torch.Tensor:
-        """Deterministic Euler sampling with diffusers' scheduler (the reference ODE sampler).
+                   purpose: Purpose = Purpose.EVAL, step: int = 0, items: list | None = None) -> torch.Tensor:
+        """Deterministic Euler sampling (diffusers' scheduler for genrl models, the same Euler step for pipelines).
 
         The initial noise is keyed like a rollout's (``purpose``, ``step``, sample id), so row i is the
-        same whatever else is in the batch.
+        same whatever else is in the batch. ``items``: the prompt texts, for pipeline models.
         """
         model = self.engine_model
         model.eval()
-        labels = prompts.to(self.device)
+        cond = self.backbone.condition(prompts.to(self.device), items)
         x = keyed_normal(self.image_shape, seed, purpose, step, sample_ids.tolist(), device=self.device)
         scheduler = copy.deepcopy(self.scheduler)
         scheduler.set_timesteps(self.config.num_steps)
         for t in range(self.config.num_steps):
-            v = self.velocity(model, x, self.sigmas[t], labels)
-            x = scheduler.step(v, scheduler.timesteps[t], x, return_dict=False)[0]
+            v = self.velocity(model, x, self.sigmas[t], cond)
+            if self.prompt_encoder is not None:
+                x = scheduler.step(v, scheduler.timesteps[t], x, return_dict=False)[0]
+            else:
+                x = sde_step(x, v, self.sigmas[t].view(1), self.sigmas[t + 1].view(1), sigma_max=float(self.sigmas[1]),
+                             rule="flow_grpo", noise_level=0.0)[0]
         return self.to_images(x)
 
+    # ------------------------------------------------------------------- export
+    export_formats = ("diffusers-lora", "merged", "peft")
+
+    def export(self, fmt: str, out: Path) -> None:
+        """Write the trained weights into the empty folder ``out`` in a format other tools load unchanged:
+
+        * ``diffusers-lora``: ``pytorch_lora_weights.safetensors`` for ``pipeline.load_lora_weights(out)``
+          (the LoRA config, alpha included, travels in the file's metadata);
+        * ``merged``: a whole pipeline folder with the adapters merged (``Pipeline.from_pretrained(out)``);
+          for genrl's class-conditioned models, a genrl base checkpoint;
+        * ``peft``: the transformer's PEFT adapter (``PeftModel.from_pretrained(transformer, out)``).
+        """
+        from genrl.export import ExportError
+
+        if fmt not in self.export_formats:
+            raise ExportError(f"format {fmt!r}: expected one of {list(self.export_formats)}")
+        lora = self.config.lora is not None
+        if fmt in ("diffusers-lora", "peft") and not lora:
+            raise ExportError(f"format {fmt!r} needs a LoRA run; this run fine-tuned all weights: use --format merged")
+        if fmt == "peft":
+            if self.prompt_encoder is None:
+                self.transformer.peft_config["default"].base_model_name_or_path = str(self.backbone.path / "transformer")
+            self.transformer.save_pretrained(str(out))
+            return
+        if self.prompt_encoder is None and fmt == "diffusers-lora":
+            from peft.utils import get_peft_model_state_dict
+
+            prefix = "base_model.model."
+            state = {k.removeprefix(prefix): v.detach().cpu() for k, v in get_peft_model_state_dict(self.transformer).items()}
+            meta = {k: (sorted(v) if isinstance(v, set) else v)
+                    for k, v in self.transformer.peft_config["default"].to_dict().items()}
+            type(self.backbone.pipe).save_lora_weights(str(out), transformer_lora_layers=state,
+                                                       transformer_lora_adapter_metadata=meta)
+            return
+        if fmt == "diffusers-lora":
+            raise ExportError("format 'diffusers-lora' needs a diffusers pipeline model; genrl's class-conditioned "
+                              "models export as 'merged' (a genrl base checkpoint) or 'peft'")
+        transformer = self.transformer.merge_and_unload() if lora else self.transformer
+        if self.prompt_encoder is None:
+            pipe = self.backbone.pipe
+            pipe.transformer = transformer
+            pipe.save_pretrained(str(out))
+        else:
+            import json
+
+            self.transformer = transformer
+            self.config = dataclasses.replace(self.config, lora=None)
+            self.save_base(out)
+            meta = {"format": CHECKPOINT_FORMAT, "policy": "flow_image", "weights": "full_base",
+                    "model": asdict(self.model_config), "num_steps": self.config.num_steps}
+            (out / "checkpoint.json").write_text(json.dumps(meta, indent=2))
+
+
+@POLICIES.register("flow_video")
+class FlowVideoPolicy(FlowImagePolicy):
+    """A diffusers text-to-video pipeline (Wan2.1) as a Flow-GRPO policy: the same SDE sampler, log-probs and
+    objectives as ``flow_image``, on video latents; rewards receive decoded videos [B, F, 3, H, W] in [0, 1]."""
+
+    families = ("wan",)
+    class_models = False
+
+    @dataclass
+    class Config(FlowImagePolicy.Config):
+        def validate(self) -> None:
+            super().validate()
+            if self.pipeline is None:
+                raise ValueError("pipeline: flow_video runs a diffusers video pipeline folder (pipeline.path)")

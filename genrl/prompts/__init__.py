@@ -2,4 +2,5 @@
 
 from genrl.prompts.classes import ClassPrompts  # noqa: F401
 from genrl.prompts.moving_digits import MovingDigitPrompts  # noqa: F401
+from genrl.prompts.text_files import TextFilePrompts  # noqa: F401
 from genrl.prompts.visual_arithmetic import VisualArithmeticPrompts  # noqa: F401
