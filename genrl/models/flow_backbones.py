@@ -112,7 +112,7 @@ class PipelineBackbone:
         self.path, self.options, self.device = Path(path), options, device
         self.dtype = DTYPES[options.dtype]
         cls = getattr(diffusers, self.pipeline_class)
-        self.pipe = cls.from_pretrained(str(self.path), torch_dtype=self.dtype)
+        self.pipe = cls.from_pretrained(str(self.path), dtype=self.dtype)
         self.transformer = self.pipe.transformer
         self.vae = self.pipe.vae
         self.text_encoders = [m for m in (getattr(self.pipe, n, None) for n in

@@ -7,3 +7,4 @@ from genrl.rewards import clip, vlm_judge  # noqa: F401  # isort: skip  (the hub
 from genrl.rewards import group  # noqa: F401, E402  # isort: skip  (group-wise rewards: group_rank)
 from genrl.rewards import answers  # noqa: F401, E402  # isort: skip  (verifiable answer rewards)
 from genrl.rewards import video  # noqa: F401, E402  # isort: skip  (moving-digit video rewards: text, motion, quality)
+from genrl.rewards import compressibility  # noqa: F401, E402  # isort: skip  (DDPO JPEG compressibility)
