@@ -149,6 +149,15 @@ def test_pickscore_is_exp_logit_scale_times_the_cosine(clip_dir):
     torch.testing.assert_close(pick, LOGIT_SCALE * cos, atol=1e-4, rtol=1e-5)
 
 
+def test_videos_score_the_mean_over_their_frames(clip_dir):
+    frames = _images(6)  # two videos of three frames
+    videos = frames.view(2, 3, *frames.shape[1:])
+    texts = ["a cat", "the digit 7"]
+    reward = _reward(PickScoreReward, {"path": str(clip_dir), "batch_size": 4})
+    per_frame = reward(frames, [t for t in texts for _ in range(3)]).view(2, 3)
+    torch.testing.assert_close(reward(videos, texts), per_frame.mean(1), atol=1e-5, rtol=1e-5)
+
+
 def test_aesthetic_head_reads_safetensors_and_refuses_pickles(clip_dir, tmp_path):
     torch.manual_seed(2)
     head = AestheticHead(dim=16).eval()

@@ -212,9 +212,12 @@ class _ClipTextReward:
         texts = prompt_texts(prompts, self.config.prompt_template, self.config.class_names)
         if len(texts) != len(images):
             raise ValueError(f"got {len(images)} images for {len(texts)} prompts")
+        txt = self.encoder.text_embeddings(texts)
+        if images.dim() == 5:  # videos [B, F, 3, H, W]: the mean over frames of each frame's cosine
+            img = self.encoder.image_embeddings(images.flatten(0, 1)).view(*images.shape[:2], -1)
+            return (img * txt.to(img.device).unsqueeze(1)).sum(-1).mean(1)
         img = self.encoder.image_embeddings(images)
-        txt = self.encoder.text_embeddings(texts).to(img.device)
-        return (img * txt).sum(-1)
+        return (img * txt.to(img.device)).sum(-1)
 
 
 @REWARDS.register("clip_score")
