@@ -3,10 +3,13 @@
 #   1. the smoke recipe on CUDA under each engine (plain, DeepSpeed ZeRO-2, ZeRO-3, FSDP), one process
 #      each, stopped after step 2 and resumed to step 3 (checkpoint + resume on that engine);
 #   2. reward-model training (the video preference model) on CUDA in fp32 and bf16, timed;
-#   3. the Flow-GRPO step benchmark of the quick start (framework step vs raw compute floor).
+#   3. the Flow-GRPO step benchmark of the quick start (framework step vs raw compute floor);
+#   4. Flow-GRPO on an SD3.5-Medium-size pipeline (random init, real transformer config) through the real
+#      pipeline path: LoRA in bf16, with and without gradient checkpointing: seconds, memory, MFU
+#      (benchmarks/gpu_flow_pipeline.py; about 3 minutes).
 #
 #   bash benchmarks/gpu_check.sh                      # all checks; logs to $OUT (or /tmp/gpu_check)
-#   CHECKS="fsdp video_rm" bash benchmarks/gpu_check.sh   # some: plain zero2 zero3 fsdp video_rm step
+#   CHECKS="fsdp video_rm" bash benchmarks/gpu_check.sh   # some: plain zero2 zero3 fsdp video_rm step sd35m
 #
 # Wheels in .whl/ (diffusers, datasets, deepspeed, ... for a machine that lacks them) are installed
 # into /tmp/site first. Every check runs even if an earlier one failed; the summary says which did.
@@ -26,7 +29,7 @@ SUMMARY=$OUT/summary.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$SUMMARY"
 python3 -c "import torch, diffusers, transformers, accelerate, deepspeed, datasets; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'deepspeed', deepspeed.__version__, 'datasets', datasets.__version__)" 2>&1 | tail -1 | tee -a "$SUMMARY"
 
-CHECKS=${CHECKS:-plain zero2 zero3 fsdp video_rm step}
+CHECKS=${CHECKS:-plain zero2 zero3 fsdp video_rm step sd35m}
 wanted() { [[ " $CHECKS " == *" $1 "* ]]; }
 
 check() {  # check NAME TIMEOUT CMD... : run, time, keep the log, one summary line
@@ -61,4 +64,6 @@ done
 
 wanted step && t0=$(date +%s) && timeout 240 python3 benchmarks/flow_grpo_step.py --repeats 3 device=cuda > "$OUT/flow_grpo_step.txt" 2>&1
 wanted step && echo "flow_grpo_step rc=$? $(( $(date +%s) - t0 )) s (table in flow_grpo_step.txt)" | tee -a "$SUMMARY"
+wanted sd35m && check sd35m_flow_grpo 420 python3 benchmarks/gpu_flow_pipeline.py --out "$OUT"
+wanted sd35m && tail -n 2 "$LOG" | tee -a "$SUMMARY"
 echo "done" | tee -a "$SUMMARY"
