@@ -146,6 +146,13 @@ def test_flow_grpo_trains_from_a_saved_pipeline_folder(pipelines, family, tmp_pa
     lora_b = [p for n, p in trainer.policy.trainable_parameters().items() if "lora_B" in n]
     assert lora_b and any(p.abs().max() > 0 for p in lora_b)  # the adapters moved off their zero init
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "policy.safetensors").is_file()
+    import json
+
+    inputs = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
+    from genrl.hashing import folder_sha256
+
+    assert inputs["policy:pipeline"]["sha256"] == folder_sha256(pipelines[family])  # the pipeline is provenance
+    assert inputs["prompts:path"]["path"].endswith("data/prompts/simple_scenes.txt")
 
 
 @pytest.fixture(scope="module")

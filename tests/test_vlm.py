@@ -522,9 +522,9 @@ def test_components_of_another_model_family_are_refused_by_name():
     from genrl.config.load import load_recipe
     from genrl.recipe import TrainRecipe
 
-    with pytest.raises(RecipeError, match=r"explorer: 'sde' works with the policies \['flow_image', 'ar_video'\], not with 'vlm'"):
+    with pytest.raises(RecipeError, match=r"explorer: 'sde' works with the policies \['flow_image', 'flow_video', 'ar_video'\], not with 'vlm'"):
         load_recipe(SMOKE_VLM, TrainRecipe, ["explorer={name: sde}", "objective={name: grpo}"])
-    with pytest.raises(RecipeError, match=r"objective: 'flow_grpo' works with the policies \['flow_image', 'ar_video'\]"):
+    with pytest.raises(RecipeError, match=r"objective: 'flow_grpo' works with the policies \['flow_image', 'flow_video', 'ar_video'\]"):
         load_recipe(SMOKE_VLM, TrainRecipe, ["explorer={name: sampling}", "objective={name: flow_grpo}"])
     with pytest.raises(RecipeError, match=r"prompts: policy 'vlm' needs a prompt source with items"):
         load_recipe(SMOKE_VLM, TrainRecipe, ["prompts={name: digit_classes}"])

@@ -235,6 +235,11 @@ class FlowImagePolicy(TrainableWeights):
         self.scheduler.save_pretrained(str(out_dir / "scheduler"))
         save_prompt_encoder(self.prompt_encoder, out_dir / "prompt_encoder.safetensors")
 
+    @property
+    def input_files(self) -> dict[str, Path]:
+        """What the run's manifest content-hashes besides the base checkpoint: the pipeline folder."""
+        return {} if self.prompt_encoder is not None else {"pipeline": self.backbone.path}
+
     def checkpoint_meta(self) -> dict:
         if self.prompt_encoder is None:
             return {"policy": self._name(), "pipeline": str(self.backbone.path)}

@@ -1,4 +1,4 @@
-"""Vision-language policy: a transformers image-text-to-text model (Qwen2.5-VL first) as a token policy.
+"""Vision-language policy: a transformers image-text-to-text model (Qwen2.5-VL, SmolVLM) as a token policy.
 
 Rollout builds each question's chat prompt with the checkpoint's own processor and chat template,
 samples a group of responses with ``generate``, then re-scores them teacher-forced with
@@ -13,10 +13,15 @@ chunk padded with copies). A row's numbers then do not depend on which other row
 Token log-probs and entropies are computed from the final hidden states ``logprob_chunk`` positions
 at a time, each chunk re-computed in the backward pass, so the ``[batch, length, vocab]`` logits of a
 150k-token vocabulary never exist at once.
+
+What differs between model families (which processor outputs carry the image, how they are laid out
+per row, which tokens are vision placeholders, where the language model's modules are) lives in
+:class:`genrl.models.vlm.VisionFamily`; this module only calls it.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -65,6 +70,9 @@ def _to_pil(image):
     return Image.fromarray(arr).convert("RGB")
 
 
+EXPORT_FORMATS = ("merged", "peft")
+
+
 @POLICIES.register("vlm")
 class VLMPolicy(TrainableWeights):
     """Image + question -> sampled response; per-token log-probs for GRPO-family objectives."""
@@ -111,38 +119,39 @@ class VLMPolicy(TrainableWeights):
                 raise ValueError("train_vision: only with full fine-tuning (lora: null)")
 
     def __init__(self, config: Config, *, device: torch.device | str = "cpu", base_dir: Path | None = None) -> None:
-        from genrl.models.vlm import load_vlm
+        from genrl.models.vlm import load_vlm, vision_family
 
         self.config = config
         self.device = torch.device(device)
         if base_dir is None:
             raise ValueError("the vlm policy needs a base checkpoint folder")
         self.base_dir = Path(base_dir).resolve()
+        family = vision_family(self.base_dir)  # an unsupported model is refused before its weights load
         self.model, self.processor = load_vlm(self.base_dir)
         self.tokenizer = self.processor.tokenizer
+        self._folder_padding_side = self.tokenizer.padding_side  # what an export writes back
         self.tokenizer.padding_side = "left"
         mc = self.model.config
-        self.image_token_id = mc.image_token_id
+        self.family = family(mc, self.tokenizer)
+        self.image_token_id = self.family.image_token_id
         self.merge = getattr(mc.vision_config, "spatial_merge_size", 1)
         self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
         # Vision placeholder tokens must never be *generated*: one sampled <|image_pad|> in a response makes the
         # teacher-forced forward see more image tokens than image features (a much-reported RL crash).
-        self.vision_token_ids = sorted({i for i in (mc.image_token_id, getattr(mc, "video_token_id", None),
-                                                    getattr(mc, "vision_start_token_id", None),
-                                                    getattr(mc, "vision_end_token_id", None)) if i is not None})
+        self.vision_token_ids = self.family.vision_token_ids
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         if config.lora is not None:
             from peft import LoraConfig, get_peft_model
 
             self.model.requires_grad_(False)
             # Adapters on the language model only: the vision tower's blocks reuse some of these names.
-            targets = rf".*language_model.*\.({'|'.join(config.lora.target_modules)})"
+            targets = rf".*{self.family.language_module}.*\.({'|'.join(config.lora.target_modules)})"
             self.model = get_peft_model(self.model, LoraConfig(
                 r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                 target_modules=targets, init_lora_weights=True))
         elif not config.train_vision:
             for name, p in self.model.named_parameters():
-                if ".visual." in f".{name}.":
+                if self.family.is_vision_parameter(name):
                     p.requires_grad_(False)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -193,13 +202,63 @@ class VLMPolicy(TrainableWeights):
     def trainable_module(self) -> nn.Module:
         return self.model
 
+    # ------------------------------------------------------------------ export
+    def export(self, fmt: str, out: Path) -> Path:
+        """This policy's weights (the checkpoint's, EMA when it was loaded so) as a folder that transformers
+        and PEFT load without genrl, with the base folder's processor, tokenizer and chat template.
+
+        ``merged``: the whole model, LoRA merged into a *copy* (this policy keeps its adapters), for
+        ``AutoModelForImageTextToText.from_pretrained(out)`` + ``AutoProcessor.from_pretrained(out)``.
+        ``peft`` (LoRA runs): the adapter folder, ``base_model_name_or_path`` the absolute base folder, for
+        ``PeftModel.from_pretrained(base, out)`` or transformers' ``from_pretrained(out)``."""
+        from peft import PeftModel
+
+        from genrl.export import ExportError
+
+        if fmt not in EXPORT_FORMATS:
+            raise ExportError(f"export format {fmt!r} is not one the vlm policy writes; supported: "
+                             f"{', '.join(EXPORT_FORMATS)}")
+        adapters = isinstance(self.model, PeftModel)
+        if fmt == "peft" and self.config.lora is None:
+            raise ExportError("export format 'peft': this policy is fully fine-tuned (policy.lora: null), it has no "
+                             "adapter to write; use --format merged")
+        if fmt == "peft" and not adapters:
+            raise ExportError("export format 'peft': the adapters were merged into the model when it was loaded "
+                             "(merge=True); load it without merging, or use --format merged")
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if fmt == "peft":
+            for adapter in self.model.peft_config.values():
+                adapter.base_model_name_or_path = str(self.base_dir)
+            self.model.save_pretrained(str(out))
+        else:
+            (copy.deepcopy(self.model).merge_and_unload() if adapters else self.model).save_pretrained(str(out))
+        self._save_processor(out)
+        return out
+
+    def _save_processor(self, out: Path) -> None:
+        """Processor, tokenizer and chat template beside the weights, with the folder's padding side (the
+        policy pads prompts on the left for itself, not for whoever loads the export). A fast tokenizer keeps
+        its last call's padding in its backend, which ``tokenizer.json`` records and loading reads back as
+        the padding side: cleared first (each call sets it again)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
+            backend.no_truncation()
+        side, self.tokenizer.padding_side = self.tokenizer.padding_side, self._folder_padding_side
+        try:
+            self.processor.save_pretrained(str(out))
+        finally:
+            self.tokenizer.padding_side = side
+
     @property
     def reward_sample_spec(self) -> tuple[tuple[int, ...], str]:
         return (), "text"
 
     # ----------------------------------------------------------------- prompts
     def _messages(self, item, system: str | None) -> list[dict]:
-        msgs = [{"role": "system", "content": system}] if system else []
+        # Content as a list of parts in every turn: some families' templates (SmolVLM's) read only that form.
+        msgs = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
         return msgs + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.question}]}]
 
     def encode_prompts(self, items, images, *, system: str | None = None, fixed_length: bool = True
@@ -209,7 +268,8 @@ class VLMPolicy(TrainableWeights):
         system = self.config.system_prompt if self.config.system_prompt is not None else system
         texts = [self.processor.apply_chat_template(self._messages(it, system), add_generation_prompt=True)
                  for it in items]
-        enc = self.processor(text=texts, images=[_to_pil(im) for im in images], return_tensors="pt", padding=True)
+        pils = self.family.per_question([_to_pil(im) for im in images])
+        enc = self.processor(text=texts, images=pils, return_tensors="pt", padding=True)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         P = self.config.max_prompt_tokens if fixed_length else ids.shape[1]
         lengths = mask.sum(1)
@@ -220,34 +280,28 @@ class VLMPolicy(TrainableWeights):
         pad = P - ids.shape[1]
         ids = F.pad(ids, (pad, 0), value=self.pad_id) if pad > 0 else ids[:, -P:]
         mask = F.pad(mask, (pad, 0), value=0) if pad > 0 else mask[:, -P:]
-        grid = enc["image_grid_thw"]
-        pixel = self._rows_of_patches(enc["pixel_values"], grid, items, fixed_length)
-        out = {"prompt_ids": ids, "prompt_mask": mask, "pixel_values": pixel, "image_grid_thw": grid}
+        out = {"prompt_ids": ids, "prompt_mask": mask, **self._image_rows(enc, items, fixed_length)}
         self.check_image_tokens(out, [getattr(it, "index", i) for i, it in enumerate(items)])
         return out
 
     def encode_pixels(self, items, images) -> torch.Tensor:
-        """Only the pixels [B, patches, D] of other images for the same prompts (the noisy / raw branch): the
-        image processor alone, no chat template or tokenizer. Same-size images, so the prompts still fit."""
-        enc = self.processor.image_processor(images=[_to_pil(im) for im in images], return_tensors="pt")
-        return self._rows_of_patches(enc["pixel_values"], enc["image_grid_thw"], items, fixed_length=True)
+        """Only the pixel rows of other images for the same prompts (the noisy / raw branch): the image
+        processor alone, no chat template or tokenizer. Same-size images, so the prompts still fit."""
+        pils = self.family.per_question([_to_pil(im) for im in images])
+        enc = self.processor.image_processor(images=pils, return_tensors="pt")
+        return self._image_rows(enc, items, fixed_length=True)["pixel_values"]
 
-    def _rows_of_patches(self, flat: torch.Tensor, grid: torch.Tensor, items, fixed_length: bool) -> torch.Tensor:
-        """The processor's concatenated patches -> one row per image, padded to ``max_image_patches`` (fixed
-        layout) or to the largest image."""
-        patches = grid.prod(1).tolist()
-        width = self.config.max_image_patches if fixed_length and self.config.max_image_patches else max(patches)
-        for i, k in enumerate(patches):
-            if k > width:
-                raise ValueError(f"question {getattr(items[i], 'index', i)}: its image has {k} patches, above "
-                                 f"policy.max_image_patches={width}; raise it or lower the image processor's max_pixels")
-        return torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in torch.split(flat, patches)])
+    def _image_rows(self, enc, items, fixed_length: bool) -> dict[str, torch.Tensor]:
+        """The processor's image outputs -> one row per question, padded to ``max_image_patches`` (fixed
+        layout) or to the largest image of the call."""
+        width = self.config.max_image_patches if fixed_length else None
+        return self.family.rows(enc, width=width, names=[getattr(it, "index", i) for i, it in enumerate(items)])
 
     def check_image_tokens(self, enc: dict[str, torch.Tensor], names, *, key: str = "prompt_ids") -> None:
         """Each sequence must hold exactly as many image placeholder tokens as its image yields features;
         otherwise the model's scatter of image features fails deep inside (or misaligns silently)."""
         counts = (enc[key] == self.image_token_id).sum(1).tolist()
-        expected = (enc["image_grid_thw"].prod(1) // self.merge**2).tolist()
+        expected = self.family.image_tokens(enc).tolist()
         for name, got, want in zip(names, counts, expected):
             if got != want:
                 why = ("the prompt was cut (raise policy.max_prompt_tokens)" if got < want else
@@ -262,20 +316,8 @@ class VLMPolicy(TrainableWeights):
         return self._model_inputs(t, list(range(lo, hi)) + [hi - 1] * (self.config.forward_chunk - n)), n
 
     def _model_inputs(self, t: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
-        """The model's keyword inputs for ``rows`` of ``t``: each image's patches without their padding,
-        concatenated as the processor emits them, and the image-token types."""
-        idx = torch.tensor(rows, device=t["input_ids"].device)
-        grid = t["image_grid_thw"][idx]
-        pixel = torch.cat([t["pixel_values"][r, :k] for r, k in zip(rows, grid.prod(1).tolist())])
-        ids = t["input_ids"][idx]
-        return {"input_ids": ids, "attention_mask": t["attention_mask"][idx], "mm_token_type_ids": self._token_types(ids),
-                "pixel_values": pixel, "image_grid_thw": grid}
-
-    def _token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """1 on image placeholder tokens, else 0 (the processor's ``mm_token_type_ids``). Qwen2.5-VL needs it to
-        give image tokens their 3-D rotary positions; without it every token gets a text position, which
-        silently disagrees with how the model was trained (measured: NLL 1.09 instead of 0.46 per token)."""
-        return (input_ids == self.image_token_id).long()
+        """The model's keyword inputs for ``rows`` of ``t`` (the family turns stored rows back into them)."""
+        return self.family.model_inputs(t, rows)
 
     def token_stats(self, model: nn.Module, t: dict[str, torch.Tensor], *, entropy: bool = False,
                     compare_pixels: torch.Tensor | None = None, temperature: float = 1.0) -> dict[str, torch.Tensor]:
@@ -364,8 +406,7 @@ class VLMPolicy(TrainableWeights):
         truncated = ended[:, -1] == 0
         t = {"input_ids": torch.cat([gen_enc["prompt_ids"], response], 1),
              "attention_mask": torch.cat([gen_enc["prompt_mask"], response_mask.long()], 1),
-             "image_grid_thw": gen_enc["image_grid_thw"], "pixel_values": gen_enc["pixel_values"],
-             "sample_ids": sample_ids}
+             **{k: gen_enc[k] for k in self.family.image_keys}, "sample_ids": sample_ids}
         if plan.update_image == "raw" and bool(noisy.any()):
             t["pixel_values"] = self.encode_pixels(items, raw_images)
         t = {k: v.to(self.device) for k, v in t.items()}
@@ -404,7 +445,7 @@ class VLMPolicy(TrainableWeights):
         for lo in range(0, len(enc["prompt_ids"]), self.config.forward_chunk):
             hi = min(lo + self.config.forward_chunk, len(enc["prompt_ids"]))
             t = {"input_ids": enc["prompt_ids"], "attention_mask": enc["prompt_mask"],
-                 "image_grid_thw": enc["image_grid_thw"], "pixel_values": enc["pixel_values"]}
+                 **{k: enc[k] for k in self.family.image_keys}}
             inputs = self._model_inputs(t, list(range(lo, hi)))
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(key_seed(seed, Purpose.STEP_NOISE, step, int(sample_ids[lo])))
@@ -427,7 +468,7 @@ class VLMPolicy(TrainableWeights):
 
     def score(self, batch: Rollout, *, reference: bool = False) -> dict[str, torch.Tensor]:
         """Per-token log-probs [B, R] of the stored responses (with gradients unless ``reference``)."""
-        t = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "sample_ids")}
+        t = {k: batch[k] for k in ("input_ids", "attention_mask", "sample_ids", *self.family.image_keys)}
         temperature = batch.meta.get("temperature", 1.0)
         if reference:
             with self.reference() as ref:

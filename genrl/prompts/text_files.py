@@ -50,6 +50,7 @@ class TextFilePrompts:
     def __init__(self, config: Config, *, seed: int) -> None:
         self.config, self.seed = config, seed
         self.records = _load(config)
+        self.input_files = {"path": resolve_data_path(config.path)}  # content-hashed into the run's manifest
 
     def __len__(self) -> int:
         return len(self.records)

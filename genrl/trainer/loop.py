@@ -194,6 +194,8 @@ class Trainer:
         for i, fn in enumerate(self.rewards.fns):
             for name, p in getattr(fn, "input_files", {}).items():
                 found[f"rewards[{i}]:{name}"] = p
+        for part, obj in (("policy", self.policy), ("prompts", self.prompts)):  # a pipeline folder, a prompt file
+            found.update({f"{part}:{k}": v for k, v in getattr(obj, "input_files", {}).items()})
         if self.benchmark is not None:
             found.update({f"eval:{k}": v for k, v in getattr(self.benchmark, "input_files", {}).items()})
         return found
