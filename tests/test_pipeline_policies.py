@@ -284,3 +284,28 @@ def test_prompt_source_feeds_texts_to_the_policy(pipelines):
     r = policy.rollout(idx, torch.tensor([0, 1]), step=0, seed=0, plan=plan, explorer_config=_Explorer, items=items)
     _, contexts = policy.reward_inputs(r)
     assert contexts == items and all("include" in c.metadata for c in contexts)
+
+
+def test_vlm_example_recipe_runs_one_step_at_tiny_size(tmp_path):
+    """recipes/models/qwen25vl_3b_vogue.yaml on a Qwen2.5-VL-architecture model at tiny width and depth (the same
+    model class, processor and chat-template path as the 3B download); lengths and batch sizes shrunk."""
+    from genrl.data.visual_arithmetic import SYSTEM_PROMPT, VisualArithmetic
+    from genrl.models.vlm import TinyVLMConfig, build_tiny_qwen25vl
+
+    name = "qwen25vl_3b_vogue.yaml"
+    data = yaml.safe_load((ROOT / "recipes" / "models" / name).read_text())
+    build(TrainRecipe, data, file=name)  # valid as shipped
+    train = VisualArithmetic("train", 64, 0, ("sum", "difference", "larger", "count"))
+    corpus = [SYSTEM_PROMPT, "system\nuser\nassistant\n"] + [f"{it.question} {it.solution()}" for it in train.items(range(64))]
+    build_tiny_qwen25vl(tmp_path / "qwen", TinyVLMConfig(), corpus)
+    data["policy"].update(base_checkpoint=str(tmp_path / "qwen"), max_prompt_tokens=128, max_new_tokens=8,
+                          forward_chunk=4, max_image_patches=None)
+    data["prompts"]["size"] = 64
+    data["mixed_precision"] = "no"
+    data.pop("eval")
+    data["trainer"].update(steps=1, prompts_per_step=2, group_size=2, minibatch_size=4, micro_batch_size=4,
+                           checkpoint_every=0)
+    trainer = _train(data, tmp_path / "run")
+    assert trainer.policy.config.gradient_checkpointing and type(trainer.policy.model).__name__ == \
+        "Qwen2_5_VLForConditionalGeneration"
+    assert len(_metrics(tmp_path / "run")) == 1
