@@ -16,8 +16,8 @@ import torch
 
 from genrl.config.validate import option
 from genrl.data.moving_digits import MotionPrompt, check_motion_layout, motion_prompts
+from genrl.prompts.order import epoch_slice
 from genrl.registry import PROMPTS
-from genrl.rng import Purpose, keyed_generator
 
 # Added to data_seed for the heldout split; far from any data seed a recipe would use.
 HELDOUT_SEED_OFFSET = 1_000_000
@@ -63,14 +63,7 @@ class MovingDigitPrompts:
     def sample(self, step: int, n: int, *, round: int = 0) -> torch.Tensor:
         """Indices of step ``step``: consecutive slices of a keyed permutation per epoch of the prompt set.
         ``round`` > 0 (a dynamic-sampling refill): ``n`` keyed draws from the whole set."""
-        size = self.config.size
-        if round:
-            return torch.randint(size, (n,), generator=keyed_generator(self.seed, Purpose.PROMPTS, step, round))
-        first, last = (step * n) // size, (step * n + n - 1) // size
-        order = torch.cat([torch.randperm(size, generator=keyed_generator(self.seed, Purpose.PROMPTS, epoch))
-                           for epoch in range(first, last + 1)])  # the epochs this step's slice spans
-        start = step * n - first * size
-        return order[start:start + n]
+        return epoch_slice(self.seed, step, n, self.config.size, round=round)
 
     def items(self, indices: torch.Tensor) -> list[MotionPrompt]:
         return [self.prompts[int(i)] for i in indices.tolist()]

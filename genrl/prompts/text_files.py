@@ -10,8 +10,8 @@ import torch
 
 from genrl.config.validate import option
 from genrl.data.prompt_files import TextPrompt, load_prompt_records, resolve_data_path
+from genrl.prompts.order import epoch_slice
 from genrl.registry import PROMPTS
-from genrl.rng import Purpose, keyed_generator
 
 
 def _load(config: TextFilePrompts.Config) -> list[TextPrompt]:
@@ -58,14 +58,7 @@ class TextFilePrompts:
     def sample(self, step: int, n: int, *, round: int = 0) -> torch.Tensor:
         """Row indices of step ``step``: consecutive slices of a keyed permutation per epoch of the file.
         ``round`` > 0 (a dynamic-sampling refill): ``n`` keyed draws from all rows."""
-        size = len(self.records)
-        if round:
-            return torch.randint(size, (n,), generator=keyed_generator(self.seed, Purpose.PROMPTS, step, round))
-        first, last = (step * n) // size, (step * n + n - 1) // size
-        order = torch.cat([torch.randperm(size, generator=keyed_generator(self.seed, Purpose.PROMPTS, epoch))
-                           for epoch in range(first, last + 1)])  # the epochs this step's slice spans
-        start = step * n - first * size
-        return order[start:start + n]
+        return epoch_slice(self.seed, step, n, len(self.records), round=round)
 
     def items(self, indices: torch.Tensor) -> list[TextPrompt]:
         return [self.records[int(i)] for i in indices.reshape(-1).tolist()]

@@ -9,8 +9,8 @@ import torch
 
 from genrl.config.validate import option
 from genrl.data.visual_arithmetic import KINDS, SYSTEM_PROMPT, ArithmeticItem, VisualArithmetic
+from genrl.prompts.order import epoch_slice
 from genrl.registry import PROMPTS
-from genrl.rng import Purpose, keyed_generator
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,7 @@ class VisualArithmeticPrompts:
     def sample(self, step: int, n: int, *, round: int = 0) -> torch.Tensor:
         """Indices of step ``step``: consecutive slices of a keyed permutation per epoch of the question set.
         ``round`` > 0 (a dynamic-sampling refill): ``n`` keyed draws from the whole set."""
-        size = self.config.size
-        if round:
-            return torch.randint(size, (n,), generator=keyed_generator(self.seed, Purpose.PROMPTS, step, round))
-        first, last = divmod(step * n, size)[0], divmod(step * n + n - 1, size)[0]
-        order = torch.cat([torch.randperm(size, generator=keyed_generator(self.seed, Purpose.PROMPTS, epoch))
-                           for epoch in range(first, last + 1)])  # the epochs this step's slice spans
-        start = step * n - first * size
-        return order[start:start + n]
+        return epoch_slice(self.seed, step, n, self.config.size, round=round)
 
     def items(self, indices: torch.Tensor) -> list[ArithmeticQuestion]:
         return [ArithmeticQuestion(**vars(self.data[int(i)])) for i in indices.tolist()]
