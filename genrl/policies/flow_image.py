@@ -218,6 +218,9 @@ class FlowImagePolicy(TrainableWeights):
         meta = read_checkpoint_meta(path)
         if meta.get("weights") == "full_base":
             return cls(cls.Config(num_steps=meta.get("num_steps", 10)), device=device, base_dir=path)
+        if meta.get("pipeline"):  # the recipe may name the pipeline relative to where the run started
+            pconf = meta["policy_config"]
+            meta = {**meta, "policy_config": {**pconf, "pipeline": {**pconf["pipeline"], "path": meta["pipeline"]}}}
         policy = load_rl_checkpoint(cls, path, meta, use_ema=use_ema, device=device)
         config = policy.config
         if (path / "prompt_encoder.safetensors").is_file():  # a from-scratch run's (frozen, seeded) encoder
