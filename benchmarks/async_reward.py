@@ -36,7 +36,6 @@ if str(ROOT) not in sys.path:  # run as a script: reuse the shared helpers of be
 
 from benchmarks.flow_grpo_step import (  # noqa: E402
     BASE_OVERRIDES,
-    DOC,
     build_trainer,
     cpu_model,
     fmt,
@@ -97,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps-window", type=int, default=2, help="consecutive steps timed per repetition (their mean)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of every variant first")
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "quickstart.yaml"), help="training recipe")
-    ap.add_argument("--record", action="store_true", help=f"append a dated entry to {DOC.relative_to(ROOT)}")
+    ap.add_argument("--record", action="store_true", help="append a dated entry to docs/benchmarks.md (or $GENRL_BENCHMARK_DOC)")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, dotted.key=value (applied to every trainer)")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.steps_window < 1 or args.warmup < 0 or args.chunks < 2 or args.reward_s <= 0:

@@ -12,10 +12,10 @@ and once without. Reward: JPEG compressibility (the PickScore weights are not on
 
 Reported per configuration (the last step; the first ones warm up): rollout / update / step seconds,
 images per second, peak CUDA memory, and model FLOPs utilisation. FLOPs are counted with
-``torch.utils.flop_counter`` on one network call of the policy (``forward_chunk`` rows, one CFG branch):
-the update does ``2 (CFG) x trained steps`` such calls, each forward + activation gradients (2x the
-forward; weight gradients only for the LoRA weights, ~0.3% here, left out); the rollout does
-``2 x num_steps`` forwards. Recomputation under gradient checkpointing is not counted (it is overhead).
+``torch.utils.flop_counter`` on one network call of the policy (``forward_chunk`` rows conditioned and the
+same rows unconditioned: CFG is batched into one call): the update does one such call per trained step,
+forward + activation gradients (2x the forward; weight gradients only for the LoRA weights, ~0.3% here,
+left out); the rollout does one per sampling step. Recomputation under gradient checkpointing is not counted (it is overhead).
 A benchmark, not a test: it prints and writes JSON; it asserts nothing. Not part of CI.
 """
 
@@ -79,7 +79,7 @@ def recipe_for(pipe_dir: Path, run_dir: Path, *, size: str, group: int, steps: i
 
 
 def network_flops(policy, group: int) -> float:
-    """FLOPs of one policy network call: ``group`` rows, one CFG branch, forward only."""
+    """FLOPs of one policy network call of ``group`` rows, forward only."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from genrl.data.prompt_files import TextPrompt
@@ -108,8 +108,9 @@ def _median_s(fn, reps: int, device: str) -> float:
 
 
 def compute_floor(trainer, group: int, reps: int = 5) -> dict:
-    """The same network calls with no framework around them (same module, rows, dtype, autocast):
-    no-grad forward (LoRA on, and the bare base model), and forward + backward to the LoRA weights."""
+    """The same network calls with no framework around them (same module, rows, dtype, autocast; ``group`` =
+    the rows of one call, both CFG branches): no-grad forward (LoRA on, and the bare base model), and
+    forward + backward to the LoRA weights."""
     from genrl.data.prompt_files import TextPrompt
 
     policy, device = trainer.policy, trainer.policy.device.type
@@ -161,19 +162,20 @@ def run_config(pipe_dir: Path, work: Path, name: str, *, size: str, group: int, 
     cfg = policy.config
     trained = len(trainer.explorer.plan(0, cfg.num_steps).train_steps)
     branches = 2 if cfg.guidance_scale != 1.0 else 1
-    f_call = network_flops(policy, group)
-    update_flops = f_call * branches * trained * 2  # forward + activation gradients
-    rollout_flops = f_call * branches * cfg.num_steps
-    floor = compute_floor(trainer, group)
-    rollout_floor = floor["fwd_s"] * branches * cfg.num_steps
-    update_floor = floor["fwd_bwd_s"] * branches * trained
+    call_rows = group * branches  # one call carries the chunk conditioned and unconditioned (CFG)
+    f_call = network_flops(policy, call_rows)
+    update_flops = f_call * trained * 2  # forward + activation gradients
+    rollout_flops = f_call * cfg.num_steps
+    floor = compute_floor(trainer, call_rows)
+    rollout_floor = floor["fwd_s"] * cfg.num_steps
+    update_floor = floor["fwd_bwd_s"] * trained
     n_params = sum(p.numel() for p in policy.transformer.parameters())
     n_train = sum(p.numel() for p in policy.trainable_parameters().values())
     peak_tf = peak_flops(torch.cuda.get_device_name()) if device == "cuda" else None
     out = {
         "config": name, "gradient_checkpointing": ckpt, "group": group, "load_s": round(load_s, 1),
         "transformer_params": n_params, "trainable_params": n_train, "trained_steps": trained,
-        "num_steps": cfg.num_steps, "cfg_branches": branches,
+        "num_steps": cfg.num_steps, "cfg_branches": branches, "rows_per_call": call_rows,
         "rollout_s": last["time/rollout"], "reward_s": last["time/reward"], "update_s": last["time/update"],
         "step_s": last["time/step"], "images_per_s": group / last["time/step"],
         "peak_mem_gib": peak, "flops_per_call": f_call, "update_tflops": update_flops / 1e12,

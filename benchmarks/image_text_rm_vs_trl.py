@@ -45,7 +45,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DOC = ROOT / "docs" / "benchmarks.md"
 LABEL_RECIPE = "reward_models/digit_preference/label.yaml"
 JUDGE_RECIPE = "recipes/eval/digit_judge.yaml"
 
@@ -68,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="seed of both trainers and of the prompt templates")
     ap.add_argument("--floor-epochs", type=int, default=None,
                     help="epochs of the no-trainer floors of both models (default 3, --quick 1)")
-    ap.add_argument("--record", action="store_true", help=f"append a dated entry to {DOC.relative_to(ROOT)}")
+    ap.add_argument("--record", action="store_true", help="append a dated entry to docs/benchmarks.md (or $GENRL_BENCHMARK_DOC)")
     args = ap.parse_args(argv)
     if args.epochs is None:
         args.epochs = 3 if args.quick else 10

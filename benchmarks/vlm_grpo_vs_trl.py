@@ -70,7 +70,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DOC = ROOT / "docs" / "benchmarks.md"
 SFT_RECIPE = ROOT / "recipes" / "pretrain" / "vlm_arith_sft.yaml"
 TARGET_RATIO = 1.0  # genrl s/step / TRL s/step
 TARGET_VOGUE_OVERHEAD = 0.30  # VOGUE s/step / GRPO s/step - 1
@@ -107,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "or on / off for both")
     ap.add_argument("--no-vogue", action="store_true", help="skip the GRPO vs VOGUE comparison")
     ap.add_argument("--no-trl", action="store_true", help="skip TRL (genrl GRPO vs VOGUE only)")
-    ap.add_argument("--record", action="store_true", help=f"append a dated entry to {DOC.relative_to(ROOT)}")
+    ap.add_argument("--record", action="store_true", help="append a dated entry to docs/benchmarks.md (or $GENRL_BENCHMARK_DOC)")
     args = ap.parse_args(argv)
     if min(args.prompts, args.group, args.max_new_tokens, args.repeats, args.steps_window) < 1 or args.warmup < 1:
         ap.error("--prompts, --group, --max-new-tokens, --repeats, --steps-window and --warmup must be >= 1")

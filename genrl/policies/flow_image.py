@@ -287,7 +287,11 @@ class FlowImagePolicy(TrainableWeights):
         """The per-row conditioning a rollout stored (what the update re-scores with)."""
         return {k[len("cond."):]: v for k, v in batch.tensors.items() if k.startswith("cond.")}
 
-    def _forward_chunked(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+    def _forward_chunked(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Cond,
+                         null: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network on ``forward_chunk`` rows at a time (the last chunk padded). With ``null`` (CFG's
+        unconditional branch) each call takes the chunk twice, conditioned and unconditioned (2 x forward_chunk
+        rows, as diffusers pipelines batch CFG): one larger call instead of two."""
         n, chunk = len(x), self.config.forward_chunk
         sigma = sigma.expand(n)
 
@@ -297,22 +301,27 @@ class FlowImagePolicy(TrainableWeights):
                 tb = torch.cat([tb, tb[-1:].expand(chunk - len(tb), *tb.shape[1:])])
             return tb
 
-        outs = []
+        outs, outs_null = [], []
         for s in range(0, n, chunk):
             m = min(chunk, n - s)
-            out = self.backbone.network(model, piece(x, s), piece(sigma, s), {k: piece(v, s) for k, v in cond.items()})
-            outs.append(out[:m].float())
-        return torch.cat(outs)
+            xb, sb, cb = piece(x, s), piece(sigma, s), {k: piece(v, s) for k, v in cond.items()}
+            if null is None:
+                outs.append(self.backbone.network(model, xb, sb, cb)[:m].float())
+                continue
+            both = {k: torch.cat([cb[k], piece(null[k], s)]) for k in cb}
+            out = self.backbone.network(model, torch.cat([xb, xb]), torch.cat([sb, sb]), both).float()
+            outs.append(out[:m])
+            outs_null.append(out[chunk : chunk + m])
+        return torch.cat(outs), (torch.cat(outs_null) if null is not None else None)
 
     def velocity(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The guided velocity at noise level ``sigma`` (a scalar or one per row). FLUX.1-dev's guidance is an
         input of the network (no second pass); the other families run CFG's unconditional branch."""
-        v = self._forward_chunked(model, x, sigma, cond)
         g = self.config.guidance_scale
-        if g != 1.0 and not getattr(self.backbone, "guidance_embeds", False):
-            v_uncond = self._forward_chunked(model, x, sigma, self.backbone.null_condition(cond))
-            v = v_uncond + g * (v - v_uncond)
-        return v
+        if g == 1.0 or getattr(self.backbone, "guidance_embeds", False):
+            return self._forward_chunked(model, x, sigma, cond)[0]
+        v, v_uncond = self._forward_chunked(model, x, sigma, cond, self.backbone.null_condition(cond))
+        return v_uncond + g * (v - v_uncond)
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> what rewards see, in [0, 1] (the pipeline's VAE decodes latents)."""
