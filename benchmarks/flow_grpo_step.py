@@ -166,7 +166,7 @@ class Floor:
         self.device = trainer.device
         self.num_steps = pol.config.num_steps
         self.chunk = pol.config.forward_chunk
-        self.cfg_passes = 1 if pol.config.guidance_scale == 1.0 else 2  # CFG: a second (null-prompt) pass
+        self.cfg_passes = 1 if pol.config.guidance_scale == 1.0 else 2  # CFG: the unconditional branch too
         self.num_train_timesteps = pol.scheduler.config.num_train_timesteps
         self.sigmas = pol.sigmas
         self.kl = getattr(trainer.objective.config, "kl_beta", 0.0) > 0
@@ -202,10 +202,12 @@ class Floor:
         for s in range(0, len(x), self.chunk):
             xb = x[s : s + self.chunk]
             tb = torch.full((len(xb),), t_value, device=x.device)
-            for _ in range(self.cfg_passes):
-                out = model(hidden_states=xb, encoder_hidden_states=tokens[s : s + self.chunk],
-                            pooled_projections=pooled[s : s + self.chunk], timestep=tb, return_dict=False)[0]
-            outs.append(out)
+            tk, pl = tokens[s : s + self.chunk], pooled[s : s + self.chunk]
+            if self.cfg_passes == 2:  # CFG: the chunk twice in one call, as the policy batches it
+                xb, tb, tk, pl = (torch.cat([a, a]) for a in (xb, tb, tk, pl))
+            out = model(hidden_states=xb, encoder_hidden_states=tk, pooled_projections=pl, timestep=tb,
+                        return_dict=False)[0]
+            outs.append(out[: self.chunk])
         return torch.cat(outs)
 
     def _pad(self, idx):
