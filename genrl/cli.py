@@ -50,22 +50,40 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    """``genrl sample``: ODE samples of a checkpoint into an .npz (class ids, or text prompts from a file)."""
     import numpy as np
     import torch
 
     from genrl.sampling import load_policy_for_sampling
 
     torch.set_num_threads(args.num_threads)
-    try:
-        prompts = [int(p) for p in args.prompts.split(",") if p.strip()]
-    except ValueError:
-        raise SystemExit(f"--prompts: expected comma-separated integers, got {args.prompts!r}") from None
+    items = None
+    if args.prompt_file:
+        from genrl.data.prompt_files import load_prompt_records, resolve_data_path
+
+        records = load_prompt_records(resolve_data_path(args.prompt_file))
+        items = [r for r in records for _ in range(args.n)]
+        labels = torch.arange(len(records)).repeat_interleave(args.n)
+    else:
+        try:
+            prompts = [int(p) for p in args.prompts.split(",") if p.strip()]
+        except ValueError:
+            raise SystemExit(f"--prompts: expected comma-separated integers, got {args.prompts!r}") from None
+        labels = torch.tensor(prompts).repeat_interleave(args.n)
     policy, source = load_policy_for_sampling(Path(args.path), use_ema=not args.no_ema)
-    labels = torch.tensor(prompts).repeat_interleave(args.n)
-    images = policy.sample_ode(labels, torch.arange(len(labels)), seed=args.seed)
+    if getattr(getattr(policy, "backbone", None), "condition_kind", "class") == "text" and items is None:
+        raise SystemExit(f"{source}: this model is prompted with text: give --prompt-file (.txt, .jsonl, ...)")
+    ids = torch.arange(len(labels))
+    chunks = []  # rows are keyed by sample id, so the batch size changes nothing but memory
+    for lo in range(0, len(labels), args.batch):
+        part = items[lo:lo + args.batch] if items is not None else None
+        chunks.append(policy.sample_ode(labels[lo:lo + args.batch], ids[lo:lo + args.batch], seed=args.seed,
+                                        items=part).cpu())
+    images = torch.cat(chunks)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, images=images.cpu().numpy().astype(np.float32), prompts=labels.numpy())
+    prompt_array = np.array([str(t) for t in items]) if items is not None else labels.numpy()
+    np.savez(out, images=images.numpy().astype(np.float32), prompts=prompt_array)
     print(f"[genrl] {len(labels)} samples from {source} -> {out}")
     return 0
 
@@ -287,8 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a checkpoint with the ODE sampler into an .npz")
     s.add_argument("path", help="run directory (latest checkpoint) or checkpoint directory")
-    s.add_argument("--prompts", default="0,1,2,3,4,5,6,7,8,9")
+    s.add_argument("--prompts", default="0,1,2,3,4,5,6,7,8,9", help="class ids (genrl's class-conditioned models)")
+    s.add_argument("--prompt-file", default=None,
+                   help="text prompts (.txt, .jsonl, .json, datasets folder) for pipeline models (SD3, FLUX, Wan)")
     s.add_argument("--n", type=int, default=100, help="samples per prompt")
+    s.add_argument("--batch", type=int, default=64, help="samples per sampler call (memory; results do not change)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples.npz")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
