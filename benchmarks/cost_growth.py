@@ -13,7 +13,8 @@ medians of the per-repetition ratios to the smallest variant.
 Domains and axes (everything else fixed):
   image   recipes/smoke/flow_grpo_tiny.yaml: group size 4 -> 8 -> 16 (2 prompts per step, one optimizer
           update per step); image side 8 -> 16 -> 32 px (pixels x4 per doubling of the side)
-  video   recipes/smoke/video_sde_tiny.yaml: frames per video 8 -> 16 -> 32; group size 4 -> 8
+  video   recipes/smoke/video_sde_tiny.yaml: frames per video 8 -> 16 -> 32 (2, 2, 4 prompt segments);
+          group size 4 -> 8
   vlm     recipes/smoke/vlm_grpo_tiny.yaml (GRPO, the tiny SFT base, cached): response length 8 -> 16 -> 32
           tokens; group size 2 -> 4 -> 8
   agents  (driving scenes) not available until the Gen-Drive policy exists
@@ -68,9 +69,10 @@ def video_variants(quick: bool) -> dict[str, dict[str, tuple[float, list[str]]]]
     frames = (8, 16) if quick else (8, 16, 32)
     base = ["trainer.prompts_per_step=2", "trainer.inner_epochs=1", "policy.forward_chunk=4"]
     return {
+        # a segment moves at most canvas - 1 px: longer videos get more segments (8 frames each at most)
         "frames": {f"{f} frames": (f, [*base, "trainer.group_size=4", "trainer.minibatch_size=8",
-                                       "trainer.micro_batch_size=8", "prompts.segments=2",
-                                       f"prompts.segment_frames={f // 2}"]) for f in frames},
+                                       "trainer.micro_batch_size=8", f"prompts.segments={max(2, f // 8)}",
+                                       f"prompts.segment_frames={f // max(2, f // 8)}"]) for f in frames},
         "group size": {f"G={g}": (g, [*base, f"trainer.group_size={g}", f"trainer.minibatch_size={2 * g}",
                                       f"trainer.micro_batch_size={2 * g}", "prompts.segments=2",
                                       "prompts.segment_frames=4"]) for g in (4, 8)},
