@@ -26,7 +26,7 @@ from genrl.models.vlm import TinyVLMConfig, build_tiny_qwen25vl, load_vlm
 from genrl.progress import progress as progress_bar
 from genrl.rng import Purpose, keyed_generator
 
-PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
                    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
 
 
