@@ -83,6 +83,8 @@ def main() -> None:
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--generate-chunk", type=int, default=None,
+                   help="rows per generate() call (policy.generate_chunk; default: forward_chunk = 16)")
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu_vlm_grpo"))
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -97,7 +99,7 @@ def main() -> None:
     batch = args.prompts * args.group
     data["policy"] = {"name": "vlm", "base_checkpoint": str(work / "qwen"), "max_prompt_tokens": 128,
                       "max_new_tokens": args.new_tokens, "forward_chunk": 16, "gradient_checkpointing": True,
-                      "lora": {"rank": 64, "alpha": 128}}
+                      "lora": {"rank": 64, "alpha": 128}, "generate_chunk": args.generate_chunk}
     data.update(explorer={"name": "sampling"}, objective={"name": "grpo"}, device=device, run_dir=str(work / "run"),
                 mixed_precision="bf16" if device == "cuda" else "no", logging={"tensorboard": False, "progress": False})
     data["rewards"] = [{"name": "answer_accuracy"}, {"name": "answer_format", "weight": 0.1}]

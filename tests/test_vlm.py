@@ -209,9 +209,9 @@ def test_noisy_image_is_keyed_clipped_and_identity_at_sigma_zero():
 # ----------------------------------------------------------------------------- 5. on-policy ratio
 @pytest.mark.parametrize("extra", [[], ["trainer.micro_batch_size=8", "policy.forward_chunk=3"],
                                    ["explorer={name: noisy_image, uncertainty: true, p_start: 0.5}"],
-                                   ["policy.old_log_probs=update"]],
+                                   ["policy.old_log_probs=update"], ["policy.generate_chunk=16"]],
                          ids=["micro_eq_chunk", "micro8_chunk3", "noisy_rows_update_on_raw_image",
-                              "old_log_probs_from_the_update_forward"])
+                              "old_log_probs_from_the_update_forward", "one_generate_call_for_the_batch"])
 def test_first_update_is_on_policy_ratio_exactly_one(tmp_path, extra):
     trainer = _trainer(tmp_path, "trainer.steps=1", "trainer.minibatch_size=16", "trainer.inner_epochs=1",
                        "objective.kl_beta=0.01", *extra)

@@ -92,6 +92,11 @@ class VLMPolicy(TrainableWeights):
         lora: VLMLoraOptions | None = option(default=None, help="LoRA adapter settings; null = full fine-tuning.")
         train_vision: bool = option(default=False, help="Also train the vision tower (full fine-tuning only).")
         forward_chunk: int = option(default=16, help="Rows per network call; fixed so results do not depend on batching.")
+        generate_chunk: int | None = option(
+            default=None,
+            help="Rows per generate() call; null = forward_chunk. Decoding is launch-bound on GPUs, so fewer, larger "
+                 "calls generate faster. The sampled responses depend on it (each call's RNG is keyed by its first "
+                 "sample); the log-probs do not (they are re-scored in forward_chunk rows).")
         max_image_patches: int | None = option(
             default=None,
             help="Pad every image's patches to this many. Needed when images differ in size and a step's batch is "
@@ -110,6 +115,8 @@ class VLMPolicy(TrainableWeights):
                 raise ValueError("base_recipe: give base_checkpoint or base_recipe, not both")
             if not (self.base_checkpoint or self.base_recipe):
                 raise ValueError("base_checkpoint: a VLM policy starts from a checkpoint folder or an SFT recipe")
+            if self.generate_chunk is not None and self.generate_chunk < 1:
+                raise ValueError("generate_chunk: must be >= 1 or null")
             for name in ("max_prompt_tokens", "max_new_tokens", "forward_chunk", "logprob_chunk"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name}: must be >= 1")
@@ -437,13 +444,14 @@ class VLMPolicy(TrainableWeights):
 
     def _generate(self, model, enc, temperature: float, top_p: float, seed: int, step: int,
                   sample_ids: torch.Tensor, max_new_tokens: int | None = None) -> torch.Tensor:
-        """Sampled responses [B, R] (eos then pad after the end), generated ``forward_chunk`` rows at a time
+        """Sampled responses [B, R] (eos then pad after the end), generated ``generate_chunk`` rows at a time
         under an RNG keyed by (seed, step, first sample id) of the chunk."""
         R = max_new_tokens or self.config.max_new_tokens
         outs = []
         inner = getattr(model, "module", model)
-        for lo in range(0, len(enc["prompt_ids"]), self.config.forward_chunk):
-            hi = min(lo + self.config.forward_chunk, len(enc["prompt_ids"]))
+        rows = self.config.generate_chunk or self.config.forward_chunk
+        for lo in range(0, len(enc["prompt_ids"]), rows):
+            hi = min(lo + rows, len(enc["prompt_ids"]))
             t = {"input_ids": enc["prompt_ids"], "attention_mask": enc["prompt_mask"],
                  **{k: enc[k] for k in self.family.image_keys}}
             inputs = self._model_inputs(t, list(range(lo, hi)))
