@@ -106,10 +106,11 @@ class PipelineBackbone:
     condition_kind = "text"
     pipeline_class = ""
 
-    def __init__(self, path: Path, options, *, device: torch.device) -> None:
+    def __init__(self, path: Path, options, *, device: torch.device, guidance_scale: float = 1.0) -> None:
         import diffusers
 
         self.path, self.options, self.device = Path(path), options, device
+        self.guidance_scale = guidance_scale  # FLUX.1-dev feeds it to its guidance embedding; CFG is the policy's
         self.dtype = DTYPES[options.dtype]
         cls = getattr(diffusers, self.pipeline_class)
         self.pipe = cls.from_pretrained(str(self.path), dtype=self.dtype)
@@ -174,8 +175,8 @@ class SD3Backbone(PipelineBackbone):
 
     pipeline_class = "StableDiffusion3Pipeline"
 
-    def __init__(self, path: Path, options, *, device: torch.device) -> None:
-        super().__init__(path, options, device=device)
+    def __init__(self, path: Path, options, *, device: torch.device, guidance_scale: float = 1.0) -> None:
+        super().__init__(path, options, device=device, guidance_scale=guidance_scale)
         f = self.pipe.vae_scale_factor
         self.latent_shape = (self.transformer.config.in_channels, options.height // f, options.width // f)
 
@@ -204,8 +205,8 @@ class FluxBackbone(PipelineBackbone):
 
     pipeline_class = "FluxPipeline"
 
-    def __init__(self, path: Path, options, *, device: torch.device) -> None:
-        super().__init__(path, options, device=device)
+    def __init__(self, path: Path, options, *, device: torch.device, guidance_scale: float = 1.0) -> None:
+        super().__init__(path, options, device=device, guidance_scale=guidance_scale)
         f = self.pipe.vae_scale_factor
         if options.height % (2 * f) or options.width % (2 * f):
             raise ValueError(f"pipeline.height/width: FLUX needs multiples of {2 * f} (VAE factor {f} x 2x2 packing), "
@@ -240,8 +241,6 @@ class FluxBackbone(PipelineBackbone):
                      pooled_projections=cond["pooled"].to(self.dtype), timestep=sigma, guidance=guidance,
                      txt_ids=self.txt_ids, img_ids=self.img_ids, return_dict=False)[0]
 
-    guidance_scale = 3.5  # set by the policy from its guidance_scale (the embedded guidance of FLUX.1-dev)
-
     def unpack(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, h*w, C*4] -> [B, C, 2h, 2w] (the inverse of FLUX's 2x2 patch packing)."""
         b, (h, w), c4 = len(latents), self.grid, latents.shape[-1]
@@ -266,8 +265,8 @@ class WanBackbone(PipelineBackbone):
     kind = "video"
     pipeline_class = "WanPipeline"
 
-    def __init__(self, path: Path, options, *, device: torch.device) -> None:
-        super().__init__(path, options, device=device)
+    def __init__(self, path: Path, options, *, device: torch.device, guidance_scale: float = 1.0) -> None:
+        super().__init__(path, options, device=device, guidance_scale=guidance_scale)
         ft, fs = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial
         if (options.num_frames - 1) % ft:
             raise ValueError(f"pipeline.num_frames: Wan needs 1 + a multiple of {ft} frames, got {options.num_frames}")
@@ -305,5 +304,5 @@ class WanBackbone(PipelineBackbone):
 BACKBONES: dict[str, type[PipelineBackbone]] = {"sd3": SD3Backbone, "flux": FluxBackbone, "wan": WanBackbone}
 
 
-def load_pipeline_backbone(path: Path, options, *, device: torch.device) -> PipelineBackbone:
-    return BACKBONES[pipeline_family(path)](path, options, device=device)
+def load_pipeline_backbone(path: Path, options, *, device: torch.device, guidance_scale: float = 1.0) -> PipelineBackbone:
+    return BACKBONES[pipeline_family(path)](path, options, device=device, guidance_scale=guidance_scale)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +81,7 @@ class PipelineOptions:
 class FlowImagePolicy(TrainableWeights):
     """Class- or text-conditioned flow-matching image generator as a stochastic policy."""
 
+    name = "flow_image"  # as registered (checkpoints record it)
     families = ("sd3", "flux")  # pipeline families this policy name accepts
     class_models = True  # genrl's class-conditioned models too (flow_video has none)
 
@@ -130,14 +130,14 @@ class FlowImagePolicy(TrainableWeights):
             path = Path(config.pipeline.path).expanduser().resolve()
             family = pipeline_family(path)
             if family not in self.families:
-                raise ValueError(f"{path}: a {family!r} pipeline is not a {self._name()} model (this policy takes "
+                raise ValueError(f"{path}: a {family!r} pipeline is not a {self.name} model (this policy takes "
                                  f"{list(self.families)}; video pipelines go with policy flow_video)")
-            self.backbone = load_pipeline_backbone(path, config.pipeline, device=self.device)
-            self.backbone.guidance_scale = config.guidance_scale
+            self.backbone = load_pipeline_backbone(path, config.pipeline, device=self.device,
+                                                   guidance_scale=config.guidance_scale)
             self.transformer, self.model_config = self.backbone.transformer, None
         else:
             if not self.class_models:
-                raise ValueError(f"{self._name()}: needs a pipeline folder (policy.pipeline.path)")
+                raise ValueError(f"{self.name}: needs a pipeline folder (policy.pipeline.path)")
             if self.base_dir is not None:
                 self.transformer, self.prompt_encoder, self.model_config = self._load_base(self.base_dir)
             else:
@@ -170,9 +170,6 @@ class FlowImagePolicy(TrainableWeights):
             m.to(self.device)
         self.engine_model: nn.Module = self.transformer  # replaced by the engine-wrapped module (DDP, ...)
         self._items: dict[int, object] = {}
-
-    def _name(self) -> str:
-        return next(n for n in POLICIES.names() if POLICIES.get(n) is type(self))
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -245,7 +242,7 @@ class FlowImagePolicy(TrainableWeights):
 
     def checkpoint_meta(self) -> dict:
         if self.prompt_encoder is None:
-            return {"policy": self._name(), "pipeline": str(self.backbone.path)}
+            return {"policy": self.name, "pipeline": str(self.backbone.path)}
         return {"policy": "flow_image", "model": asdict(self.model_config)}
 
     # --------------------------------------------------------------- parameters
@@ -405,7 +402,7 @@ class FlowImagePolicy(TrainableWeights):
     @torch.no_grad()
     def sample_ode(self, prompts: torch.Tensor, sample_ids: torch.Tensor, *, seed: int,
                    purpose: Purpose = Purpose.EVAL, step: int = 0, items: list | None = None) -> torch.Tensor:
-        """Deterministic Euler sampling (diffusers' scheduler for genrl models, the same Euler step for pipelines).
+        """Deterministic Euler sampling: ``sde_step`` at noise level 0, which is diffusers' Euler step bit for bit.
 
         The initial noise is keyed like a rollout's (``purpose``, ``step``, sample id), so row i is the
         same whatever else is in the batch. ``items``: the prompt texts, for pipeline models.
@@ -414,15 +411,10 @@ class FlowImagePolicy(TrainableWeights):
         model.eval()
         cond = self.backbone.condition(prompts.to(self.device), items)
         x = keyed_normal(self.image_shape, seed, purpose, step, sample_ids.tolist(), device=self.device)
-        scheduler = copy.deepcopy(self.scheduler)
-        scheduler.set_timesteps(self.config.num_steps)
         for t in range(self.config.num_steps):
             v = self.velocity(model, x, self.sigmas[t], cond)
-            if self.prompt_encoder is not None:
-                x = scheduler.step(v, scheduler.timesteps[t], x, return_dict=False)[0]
-            else:
-                x = sde_step(x, v, self.sigmas[t].view(1), self.sigmas[t + 1].view(1), sigma_max=float(self.sigmas[1]),
-                             rule="flow_grpo", noise_level=0.0)[0]
+            x = sde_step(x, v, self.sigmas[t].view(1), self.sigmas[t + 1].view(1), sigma_max=float(self.sigmas[1]),
+                         rule="flow_grpo", noise_level=0.0)[0]
         return self.to_images(x)
 
     # ------------------------------------------------------------------- export
@@ -462,17 +454,14 @@ class FlowImagePolicy(TrainableWeights):
         if fmt == "diffusers-lora":
             raise ExportError("format 'diffusers-lora' needs a diffusers pipeline model; genrl's class-conditioned "
                               "models export as 'merged' (a genrl base checkpoint) or 'peft'")
-        transformer = self.transformer.merge_and_unload() if lora else self.transformer
         if self.prompt_encoder is None:
             pipe = self.backbone.pipe
-            pipe.transformer = transformer
+            pipe.transformer = self.transformer.merge_and_unload() if lora else self.transformer
             pipe.save_pretrained(str(out))
         else:
             import json
 
-            self.transformer = transformer
-            self.config = dataclasses.replace(self.config, lora=None)
-            self.save_base(out)
+            self.save_base(out)  # adapters merged into a copy
             meta = {"format": CHECKPOINT_FORMAT, "policy": "flow_image", "weights": "full_base",
                     "model": asdict(self.model_config), "num_steps": self.config.num_steps}
             (out / "checkpoint.json").write_text(json.dumps(meta, indent=2))
@@ -483,6 +472,7 @@ class FlowVideoPolicy(FlowImagePolicy):
     """A diffusers text-to-video pipeline (Wan2.1) as a Flow-GRPO policy: the same SDE sampler, log-probs and
     objectives as ``flow_image``, on video latents; rewards receive decoded videos [B, F, 3, H, W] in [0, 1]."""
 
+    name = "flow_video"
     families = ("wan",)
     class_models = False
 
