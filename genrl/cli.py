@@ -103,6 +103,14 @@ def _schema_for(path: str):
         from genrl.preference.train import RewardTrainRecipe
 
         return RewardTrainRecipe
+    if kind == "drive_collect":
+        from genrl.drive.collect import CollectRecipe
+
+        return CollectRecipe
+    if kind == "drive_eval":
+        from genrl.drive.evaluate import DriveEvalRecipe
+
+        return DriveEvalRecipe
     job = pretrain_job(kind)
     return job[0] if job else TrainRecipe
 
@@ -281,6 +289,38 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drive(args: argparse.Namespace) -> int:
+    """``genrl drive collect|label|eval``: highway-env scenes, scene preference pairs, closed-loop tables."""
+    import torch
+
+    from genrl.config.load import load_recipe
+
+    torch.set_num_threads(1)
+    if args.action == "collect":
+        from genrl.drive.collect import collect_from_recipe
+
+        path = collect_from_recipe(str(args.recipe), list(args.overrides), args.out)
+        print(f"[genrl] scene data set: {path}")
+    elif args.action == "label":
+        from genrl.drive.labels import label_from_recipe
+
+        path = label_from_recipe(str(args.recipe), list(args.overrides), args.out)
+        print(f"[genrl] scene preference pairs: {path}")
+    else:
+        from genrl.drive.evaluate import DriveEvalRecipe, run_eval
+
+        recipe, _ = load_recipe(args.recipe, DriveEvalRecipe, args.overrides)
+        if args.workers is not None:
+            recipe.workers = args.workers
+        table = run_eval(recipe, recipe_file=str(args.recipe), out=args.out,
+                         rows=args.rows.split(",") if args.rows else None)
+        from genrl.drive.evaluate import markdown_table
+
+        print(markdown_table(table))
+        print(f"[genrl] closed-loop table: {Path(args.out or recipe.out) / 'table.md'} ({table['seconds']} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genrl", description="RL fine-tuning of generative policies.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -374,6 +414,27 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--template", default=None, help="custom sbatch template (default: slurm/*_node.sbatch)")
     ss.add_argument("--dry-run", action="store_true", help="write and print the script, do not submit")
     ss.set_defaults(func=_slurm)
+
+    dr = sub.add_parser("drive", help="driving (Gen-Drive on highway-env): collect scenes, label scene pairs, "
+                                      "closed-loop evaluation")
+    dr_sub = dr.add_subparsers(dest="action", required=True)
+    dc = dr_sub.add_parser("collect", help="log expert highway-env episodes as a scene data set (train/validation/test)")
+    dc.add_argument("recipe")
+    dc.add_argument("overrides", nargs="*")
+    dc.add_argument("--out", default=None, help="output folder (default: the recipe's out)")
+    dc.set_defaults(func=_drive)
+    dl = dr_sub.add_parser("label", help="generate scenes with a scene generator and label pairs with the cascade")
+    dl.add_argument("recipe")
+    dl.add_argument("overrides", nargs="*")
+    dl.add_argument("--out", default=None, help="output folder (default: the recipe's out)")
+    dl.set_defaults(func=_drive)
+    de = dr_sub.add_parser("eval", help="closed-loop evaluation of planner rows on held-out seeds (resumable)")
+    de.add_argument("recipe")
+    de.add_argument("overrides", nargs="*")
+    de.add_argument("--out", default=None, help="output folder (default: the recipe's out); re-running resumes")
+    de.add_argument("--rows", default=None, help="comma-separated row names to run (the expert row always runs)")
+    de.add_argument("--workers", type=int, default=None, help="processes (default: the recipe's workers)")
+    de.set_defaults(func=_drive)
 
     rp = sub.add_parser("replay", help="re-execute a run from its manifest and check it step by step")
     rp.add_argument("run_dir")

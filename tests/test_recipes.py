@@ -21,6 +21,8 @@ import yaml
 from genrl.cache import resolve_recipe_path
 from genrl.config.load import load_recipe, load_yaml
 from genrl.config.validate import RecipeError
+from genrl.drive.collect import CollectRecipe
+from genrl.drive.evaluate import DriveEvalRecipe
 from genrl.preference.labelling import LabelRecipe
 from genrl.preference.train import RewardTrainRecipe
 from genrl.pretrain.ar_video import ARVideoPretrainRecipe
@@ -36,7 +38,8 @@ ACCELERATE_DIR = ROOT / "recipes" / "accelerate"
 # Recipes that make an artifact name their kind: base models, classifiers, preference pairs, reward models.
 PRETRAIN_SCHEMAS: dict[str, type] = {"flow_image": FlowPretrainRecipe, "digit_classifier": ClassifierRecipe,
                                      "preference_labels": LabelRecipe, "preference_reward": RewardTrainRecipe,
-                                     "vlm_sft": VLMSFTRecipe, "ar_video": ARVideoPretrainRecipe}
+                                     "vlm_sft": VLMSFTRecipe, "ar_video": ARVideoPretrainRecipe,
+                                     "drive_collect": CollectRecipe, "drive_eval": DriveEvalRecipe}
 
 
 # --------------------------------------------------------------------------- discovery
