@@ -107,6 +107,10 @@ def _schema_for(path: str):
         from genrl.drive.collect import CollectRecipe
 
         return CollectRecipe
+    if kind == "scene_preference_labels":
+        from genrl.drive.labels import SceneLabelRecipe
+
+        return SceneLabelRecipe
     if kind == "drive_eval":
         from genrl.drive.evaluate import DriveEvalRecipe
 
@@ -136,6 +140,13 @@ def _reward(args: argparse.Namespace) -> int:
     from genrl.config.load import load_recipe
 
     if args.action == "label":
+        from genrl.config.load import load_yaml
+
+        if load_yaml(args.recipe).get("kind") == "scene_preference_labels":  # driving scenes: `genrl drive label`
+            from genrl.drive.labels import main as label_main
+
+            return label_main([str(args.recipe), *args.overrides, "--format", args.format,
+                               *(["--out", args.out] if args.out else [])])
         from genrl.preference.labelling import LabelRecipe, build_labels
 
         config, _ = load_recipe(args.recipe, LabelRecipe, args.overrides)
@@ -302,10 +313,9 @@ def _drive(args: argparse.Namespace) -> int:
         path = collect_from_recipe(str(args.recipe), list(args.overrides), args.out)
         print(f"[genrl] scene data set: {path}")
     elif args.action == "label":
-        from genrl.drive.labels import label_from_recipe
+        from genrl.drive.labels import main as label_main
 
-        path = label_from_recipe(str(args.recipe), list(args.overrides), args.out)
-        print(f"[genrl] scene preference pairs: {path}")
+        return label_main([str(args.recipe), *args.overrides, *(["--out", args.out] if args.out else [])])
     else:
         from genrl.drive.evaluate import DriveEvalRecipe, run_eval
 

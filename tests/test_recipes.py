@@ -23,11 +23,13 @@ from genrl.config.load import load_recipe, load_yaml
 from genrl.config.validate import RecipeError
 from genrl.drive.collect import CollectRecipe
 from genrl.drive.evaluate import DriveEvalRecipe
+from genrl.drive.labels import SceneLabelRecipe
 from genrl.preference.labelling import LabelRecipe
 from genrl.preference.train import RewardTrainRecipe
 from genrl.pretrain.ar_video import ARVideoPretrainRecipe
 from genrl.pretrain.classifier import ClassifierRecipe
 from genrl.pretrain.flow_image import FlowPretrainRecipe
+from genrl.pretrain.scene_diffusion import SceneDiffusionPretrainRecipe
 from genrl.pretrain.vlm_sft import VLMSFTRecipe
 from genrl.recipe import TrainRecipe
 
@@ -39,7 +41,9 @@ ACCELERATE_DIR = ROOT / "recipes" / "accelerate"
 PRETRAIN_SCHEMAS: dict[str, type] = {"flow_image": FlowPretrainRecipe, "digit_classifier": ClassifierRecipe,
                                      "preference_labels": LabelRecipe, "preference_reward": RewardTrainRecipe,
                                      "vlm_sft": VLMSFTRecipe, "ar_video": ARVideoPretrainRecipe,
-                                     "drive_collect": CollectRecipe, "drive_eval": DriveEvalRecipe}
+                                     "drive_collect": CollectRecipe, "drive_eval": DriveEvalRecipe,
+                                     "scene_diffusion": SceneDiffusionPretrainRecipe,
+                                     "scene_preference_labels": SceneLabelRecipe}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -126,7 +130,8 @@ def _references(config: TrainRecipe) -> list[tuple[str, str, str | None]]:
     refs: list[tuple[str, str, str | None]] = []
     base = getattr(config.policy.config, "base_recipe", None)
     if base:
-        refs.append(("policy.base_recipe", base, {"flow_image": "flow_image", "vlm": "vlm_sft", "ar_video": "ar_video"}[config.policy.name]))
+        refs.append(("policy.base_recipe", base, {"flow_image": "flow_image", "vlm": "vlm_sft", "ar_video": "ar_video",
+                                                  "scene_diffusion": "scene_diffusion"}[config.policy.name]))
     for i, spec in enumerate(config.rewards):
         # Defaults count: the quick start's classifier reward names its recipe only by default.
         if getattr(spec.config, "checkpoint", None):
@@ -251,7 +256,7 @@ def test_bad_unknown_component_name_suggests(tmp_path: Path) -> None:
     data = _smoke()
     data["explorer"]["name"] = "sdee"
     path = _write(tmp_path, data)
-    _check(_error(path), path, "explorer.name", "unknown explorer 'sdee'", "expected one of ['kvpo', 'noisy_image', 'sampling', 'sde', 'vogue']",
+    _check(_error(path), path, "explorer.name", "unknown explorer 'sdee'", "expected one of ['ddpm', 'kvpo', 'noisy_image', 'sampling', 'sde', 'vogue']",
            "did you mean 'sde'?")
 
 

@@ -2,4 +2,5 @@
 
 from genrl.policies.ar_video import ARVideoPolicy  # noqa: F401
 from genrl.policies.flow_image import FlowImagePolicy  # noqa: F401
+from genrl.policies.scene_diffusion import SceneDiffusionPolicy  # noqa: F401
 from genrl.policies.vlm import VLMPolicy  # noqa: F401

@@ -189,10 +189,16 @@ def build_labels(config: LabelRecipe, out_dir: Path, *, recipe_file: str | None 
 def labels_from_recipe(recipe: str, *, referenced_from: str | None = None, key: str = "") -> Path:
     """Cache folder of the pairs that a labelling recipe makes (labelled now if not cached)."""
     from genrl.cache import cached_artifact, resolve_recipe_path
+    from genrl.config.load import load_yaml
 
     path = resolve_recipe_path(recipe, referenced_from=referenced_from, key=key)
+    if load_yaml(path).get("kind") == "scene_preference_labels":  # generated driving scenes (genrl.drive.labels)
+        from genrl.drive.labels import scene_labels_from_recipe
+
+        return scene_labels_from_recipe(str(path))
     return cached_artifact(path, LabelRecipe, "preference_labels",
                            lambda cfg, out: build_labels(cfg, out, recipe_file=str(path), progress=False))
 
 
+import genrl.drive.labels  # noqa: E402, F401  (scene rules: trajectory_discrepancy, scene_safety)
 import genrl.preference.rules  # noqa: E402, F401  (fills LABEL_RULES; imports the decision codes above)

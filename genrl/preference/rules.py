@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -142,6 +143,7 @@ class PythonJudge:
             raise RecipeError(recipe_file, f"{key}.file", f"judge file {path} not found")
         spec = importlib.util.spec_from_file_location(f"genrl_user_judge_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up by name
         spec.loader.exec_module(module)  # explicit: the recipe named this file
         self.fn = getattr(module, config.function, None)
         if not callable(self.fn):

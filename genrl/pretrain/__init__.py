@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-JOB_KINDS = ("digit_classifier", "flow_image", "vlm_sft", "ar_video")
+JOB_KINDS = ("digit_classifier", "flow_image", "vlm_sft", "ar_video", "scene_diffusion")
 
 
 def pretrain_job(kind: object) -> tuple[type, Callable[[object, Path], None]] | None:
@@ -26,4 +26,8 @@ def pretrain_job(kind: object) -> tuple[type, Callable[[object, Path], None]] | 
         from genrl.pretrain.ar_video import ARVideoPretrainRecipe, build_ar_video_base
 
         return ARVideoPretrainRecipe, build_ar_video_base
+    if kind == "scene_diffusion":
+        from genrl.pretrain.scene_diffusion import SceneDiffusionPretrainRecipe, build_scene_diffusion_base
+
+        return SceneDiffusionPretrainRecipe, build_scene_diffusion_base
     return None

@@ -1,6 +1,6 @@
 """Reward-model architectures (registered in ``REWARD_MODELS``) and their folder format."""
 
-from genrl.preference.models import image, image_text, video  # noqa: F401
+from genrl.preference.models import image, image_text, scene, video  # noqa: F401
 from genrl.preference.models.base import (  # noqa: F401
     RewardModel,
     RewardModelError,
