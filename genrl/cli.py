@@ -301,7 +301,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _drive(args: argparse.Namespace) -> int:
-    """``genrl drive collect|label|eval``: highway-env scenes, scene preference pairs, closed-loop tables."""
+    """``genrl drive collect|label|eval|curve``: highway-env scenes, scene preference pairs, closed-loop tables."""
     import torch
 
     from genrl.config.load import load_recipe
@@ -316,6 +316,19 @@ def _drive(args: argparse.Namespace) -> int:
         from genrl.drive.labels import main as label_main
 
         return label_main([str(args.recipe), *args.overrides, *(["--out", args.out] if args.out else [])])
+    elif args.action == "curve":
+        from genrl.drive.curve import over_optimisation_curve
+        from genrl.drive.evaluate import DriveEvalRecipe
+
+        recipe, _ = load_recipe(args.recipe, DriveEvalRecipe, args.overrides)
+        if args.workers is not None:
+            recipe.workers = args.workers
+        result = over_optimisation_curve(args.run_dir, recipe, recipe_file=str(args.recipe), samples=args.samples,
+                                         selector=args.selector, evaluator=args.evaluator)
+        out = Path(recipe.out)
+        print((out / "curve.md").read_text())
+        print(f"[genrl] selected step {result['selected']['step']} (score {result['selected']['score']:.3f}); "
+              f"curve: {out / 'curve.png'}")
     else:
         from genrl.drive.evaluate import DriveEvalRecipe, run_eval
 
@@ -445,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--rows", default=None, help="comma-separated row names to run (the expert row always runs)")
     de.add_argument("--workers", type=int, default=None, help="processes (default: the recipe's workers)")
     de.set_defaults(func=_drive)
+    dv = dr_sub.add_parser("curve", help="over-optimisation curve: every checkpoint of an RL run in closed loop on "
+                                         "validation seeds; the best is copied to RUN_DIR/checkpoints/best")
+    dv.add_argument("run_dir")
+    dv.add_argument("recipe", help="a drive_eval recipe with the validation seeds (its rows: the expert only)")
+    dv.add_argument("overrides", nargs="*")
+    dv.add_argument("--samples", type=int, default=1, help="scenes per decision (default 1: the RL effect alone)")
+    dv.add_argument("--selector", default="first", choices=["first", "evaluator", "random", "pdm"])
+    dv.add_argument("--evaluator", default=None, help="scene evaluator (selector evaluator)")
+    dv.add_argument("--workers", type=int, default=None)
+    dv.set_defaults(func=_drive)
 
     rp = sub.add_parser("replay", help="re-execute a run from its manifest and check it step by step")
     rp.add_argument("run_dir")

@@ -34,13 +34,15 @@ class PlannerRow:
     planner: Literal["idm", "constant_velocity", "generator"] = option(
         help="idm = highway-env's IDM/MOBIL expert drives the ego; constant_velocity = keep speed and heading; "
              "generator = a scene diffusion checkpoint plans.")
-    generator: str | None = option(default=None, help="Scene diffusion base folder, RL run directory or checkpoint.")
+    generator: str | None = option(default=None, help="Scene diffusion base folder, RL run directory or checkpoint, "
+                                                      "or its pretraining recipe (.yaml; built once and cached).")
     samples: int = option(default=1, help="S: scenes generated per decision.")
     selector: Literal["first", "evaluator", "random", "pdm"] = option(
         default="first", help="How the executed scene is chosen among the S: first (S = 1), the learned evaluator, "
                               "uniformly at random, or the PDM-style rule scorer.")
-    evaluator: str | None = option(default=None, help="Scene evaluator (a `genrl reward train` run or model folder); "
-                                                      "needed by selector evaluator.")
+    evaluator: str | None = option(default=None, help="Scene evaluator: a `genrl reward train` run or model folder, or "
+                                                      "its training recipe (.yaml; trained once and cached); needed by "
+                                                      "selector evaluator.")
 
     def validate(self) -> None:
         if self.planner == "generator" and not self.generator:
@@ -74,7 +76,7 @@ class ScenePlanner:
         """(the S generated scenes [S, A, F, 4], their packed context [S, C]) of this decision."""
         packed = pack_context(self.spec, context).expand(self.samples, -1).contiguous()
         ids = torch.arange(self.samples) + self.samples * self.decision
-        states = self.policy.generate(packed, ids, seed=self.seed, purpose=Purpose.EVAL, step=self.episode)
+        states, _ = self.policy.generate(packed, ids, seed=self.seed, purpose=Purpose.EVAL, step=self.episode)
         return states, packed
 
     def __call__(self, context: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -98,12 +100,35 @@ def make_selector(kind: str, spec: SceneSpec, *, evaluator: str | None = None, s
     if kind == "evaluator":
         from genrl.preference.models.base import find_model_dir, load_reward_model
 
-        model, _ = load_reward_model(find_model_dir(evaluator), device=device)
+        model, _ = load_reward_model(find_model_dir(resolve_model(evaluator, "evaluator")), device=device)
         model.eval()
         return lambda states, packed, key: int(torch.argmax(model(states.to(device), packed.to(device)).float()))
     if kind == "first":
         return lambda states, packed, key: 0
     raise ValueError(f"selector: expected one of {list(SELECTORS)}, got {kind!r}")
+
+
+def resolve_model(path: str, what: str, *, row: str | None = None) -> Path:
+    """A model folder, or the folder its recipe builds (pretraining / reward-model recipes are cached)."""
+    if path.endswith((".yaml", ".yml")):
+        from genrl.cache import resolve_recipe_path
+        from genrl.config.load import load_yaml
+
+        recipe = resolve_recipe_path(path, key=what)
+        if what == "generator":
+            from genrl.pretrain.scene_diffusion import scene_diffusion_base_from_recipe
+
+            return scene_diffusion_base_from_recipe(str(recipe))
+        if load_yaml(recipe).get("kind") != "preference_reward":
+            raise ValueError(f"{what}: {recipe} is not a reward-model training recipe (kind preference_reward)")
+        from genrl.preference.train import reward_model_from_recipe
+
+        return reward_model_from_recipe(str(recipe))
+    found = Path(path).expanduser()
+    if not found.exists():
+        where = f"row {row!r}: " if row else ""
+        raise FileNotFoundError(f"{where}{what} {found} does not exist")
+    return found
 
 
 def build_planner(row: PlannerRow, *, seed: int = 0, device: str = "cpu"):
@@ -116,10 +141,7 @@ def build_planner(row: PlannerRow, *, seed: int = 0, device: str = "cpu"):
         return constant_velocity_planner
     from genrl.sampling import load_policy_for_sampling
 
-    path = Path(row.generator).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"row {row.name!r}: generator {path} does not exist")
-    policy, _ = load_policy_for_sampling(path)
+    policy, _ = load_policy_for_sampling(resolve_model(row.generator, "generator", row=row.name))
     spec = policy.spec
     return ScenePlanner(policy, spec, samples=row.samples, seed=seed,
                         choose=make_selector(row.selector, spec, evaluator=row.evaluator, seed=seed, device=device))
