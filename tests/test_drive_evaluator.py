@@ -223,7 +223,8 @@ def test_scene_evaluator_trains_and_scores_as_a_learned_reward(tmp_path: Path) -
     report = label_scenes(_label_recipe(data), tmp_path / "labels")
     assert report["kept"] > 500, report
     smoke = ROOT / "recipes/smoke/scene_evaluator_tiny.yaml"
-    recipe, _ = load_recipe(smoke, RewardTrainRecipe, [f"data.path={tmp_path / 'labels' / 'pairs'}"])
+    recipe, _ = load_recipe(smoke, RewardTrainRecipe, [f"data.path={tmp_path / 'labels' / 'pairs'}", "data.label_recipe=null",
+                                                             "model.num_lanes=3", "model.lane_points=6", "model.route_points=6"])
     trainer = RewardModelTrainer(recipe, recipe_file=str(smoke), run_dir=str(tmp_path / "rm"))
     result = trainer.train()
     assert result["eval/accuracy"] > 0.65, result

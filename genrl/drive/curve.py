@@ -3,7 +3,8 @@
 Every kept checkpoint of the run (and the base, as step 0) plans closed-loop episodes on the recipe's
 seeds, which must be validation seeds, never the test seeds of the table. The combined score per step
 is plotted beside the learned reward the run optimised; the checkpoint with the best mean score is
-*selected* and copied to ``RUN_DIR/checkpoints/best`` (with ``selection.json``), which is what the
+*selected* and copied to ``RUN_DIR/checkpoints/best`` (recorded in ``RUN_DIR/eval/curve_selection.json``; the
+checkpoint folder itself stays exactly as written, checksums and all), which is what the
 table's fine-tuned rows evaluate on the held-out seeds. Gen-Drive saw its score peak and then fall
 with more fine-tuning steps; this is where that shows.
 """
@@ -87,10 +88,12 @@ def _copy_selected(run_dir: Path, checkpoint: Path, point: dict) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(checkpoint, tmp)
-    (tmp / "selection.json").write_text(json.dumps({"selected_by": "genrl drive curve", **point}, indent=2) + "\n")
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
+    record = run_dir / "eval" / "curve_selection.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"selected_by": "genrl drive curve", "copied_to": str(dest), **point}, indent=2) + "\n")
 
 
 def _markdown(points: list[dict], best: dict) -> str:

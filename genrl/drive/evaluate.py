@@ -180,8 +180,9 @@ def run_eval(recipe: DriveEvalRecipe, *, recipe_file: str | None = None, out: st
             for task in bar(tasks, desc="closed-loop episodes", disable=not progress):
                 _run_task(task)
         else:
-            # One environment type per process (highway-env sets class constants on reset): fresh processes.
-            with mp.get_context("spawn").Pool(recipe.workers, maxtasksperchild=1) as pool:
+            # Spawned (not forked) workers: no torch/thread state is inherited. highway and merge may share a
+            # process; intersection-v0 would not (its reset rewrites IDM class constants for the process).
+            with mp.get_context("spawn").Pool(recipe.workers) as pool:
                 for _ in bar(pool.imap_unordered(_run_task, tasks), total=len(tasks), desc="closed-loop episodes",
                              disable=not progress):
                     pass

@@ -400,7 +400,7 @@ def label_scenes(recipe: SceneLabelRecipe, out_dir: Path, *, recipe_file: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not len(pairs):
         raise RuntimeError(f"no pair was decided by the labeller ({report['ties']} ties, {report['undecided']} "
-                           f"undecided); check the rules' thresholds")
+                           f"undecided; per rule {report['by_rule']}); check the rules' thresholds")
     target = out_dir / {"arrow": "pairs", "parquet": "pairs.parquet", "jsonl": "pairs.jsonl"}[fmt]
     save_pairs(pairs, target, fmt)
     report["output"] = {"path": target.name, "format": fmt}

@@ -28,8 +28,11 @@ _FAMILY_CONFIG: dict[str, dict[str, Any]] = {
     "highway": {"lanes_count": 3, "vehicles_count": 25, "vehicles_density": 1.2, "duration": 3600},
     "merge": {},
 }
-PIECE_M = 20.0  # lane centre lines are cut into pieces of this length
-LANE_RADIUS_M = 80.0  # lane pieces farther than this from the scene centre are not kept
+PIECE_M = 40.0  # lane centre lines are cut into pieces of this length
+LANE_RADIUS_M = 80.0  # lane pieces farther than this from the scene's path region are not kept
+BEHIND_M = 20.0  # the path region starts this far behind the centre ...
+# ... and ends where the centre would be after F dt seconds at max(speed, speed limit): the lanes must cover
+# the future that is generated and judged there (collision / off-road checks), not just the current position.
 AGENT_RADIUS_M = 100.0  # vehicles farther than this from the scene centre are not in its scene
 _FIELDS = 6  # recorded per vehicle: x, y, heading, speed, length, width
 
@@ -209,6 +212,14 @@ def _network_key(network) -> tuple:
     return tuple((k, type(lane).__name__, repr(lane.to_config())) for k, lane in network.lanes_dict().items())
 
 
+def _segment_distance(points: np.ndarray, origin: np.ndarray, heading: float, back: float, ahead: float) -> np.ndarray:
+    """Distance of ``points`` [..., 2] to the segment from ``back`` to ``ahead`` metres along ``heading``."""
+    d = np.array([math.cos(heading), math.sin(heading)])
+    rel = points - origin
+    s = np.clip(rel @ d, back, ahead)
+    return np.linalg.norm(rel - s[..., None] * d, axis=-1)
+
+
 def lane_pieces(network, points: int) -> tuple[np.ndarray, np.ndarray]:
     """(pieces [K, P, 3]: every lane centre line cut into ~PIECE_M metre pieces of P points (x, y, heading;
     world frame), their points [K, P, 2] for the nearest-piece search); cached per map and P."""
@@ -353,9 +364,11 @@ class SceneRecorder:
                     st = self._state(vid, t + 1 + f)
                     if st is not None:
                         out["future"][row, f], out["future_mask"][row, f] = local(st), True
-        # Lanes: the L pieces nearest to the centre (within LANE_RADIUS_M), nearest first.
+        # Lanes: the L pieces nearest to the centre's path region (a segment along its heading, from BEHIND_M
+        # behind to its reach over the horizon), nearest first.
         pieces, pts = self._pieces
-        dist = np.linalg.norm(pts - origin[:2], axis=-1).min(axis=1)
+        reach = F * spec.dt * max(float(self.speed_limit[t][center]), float(self.states[t][center][3]))
+        dist = _segment_distance(pts, origin[:2], origin[2], -BEHIND_M, reach).min(axis=1)
         near = [i for i in np.argsort(dist, kind="stable")[: spec.num_lanes] if dist[i] <= LANE_RADIUS_M]
         for row, i in enumerate(near):
             xy = (pieces[i, :, :2] - origin[:2]) @ rot.T
