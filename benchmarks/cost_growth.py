@@ -17,7 +17,7 @@ Domains and axes (everything else fixed):
           group size 4 -> 8
   vlm     recipes/smoke/vlm_grpo_tiny.yaml (GRPO, the tiny SFT base, cached): response length 8 -> 16 -> 32
           tokens; group size 2 -> 4 -> 8
-  agents  (driving scenes) not available until the Gen-Drive policy exists
+  agents  (driving scenes): measured by benchmarks/drive_planner.py (planner decision vs A)
 
 "per doubling" = time ratio ** (1 / log2(work ratio)): the cost of doubling the work, target <= ~2x
 (linear growth gives 2.0; fixed per-step costs give less; attention over more tokens gives more).
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for domain in args.domains:
             recipe, variants = DOMAINS[domain]
             lines += measure(domain, variants(args.quick), recipe, args, tmp)
-    lines += ["**agents** (driving scenes): not available until the Gen-Drive policy exists", "",
+    lines += ["**agents** (driving scenes): see `benchmarks/drive_planner.py` (one planner decision as A doubles)", "",
               f"peak RSS {peak_rss_mib():.0f} MiB; benchmark wall time {time.perf_counter() - t0:.0f} s"]
     print("\n" + "\n".join(lines))
     if args.record:

@@ -53,6 +53,9 @@ SUITE: dict[str, Benchmark] = {
     "rm_vs_trl": Benchmark(
         "image_text_rm_vs_trl.py", "reward-model training epoch vs trl RewardTrainer (same pairs, same split)",
         quick_args=("--quick",)),
+    "drive_planner": Benchmark(
+        "drive_planner.py", "Gen-Drive planner latency per decision (S scenes) and cost growth in agents",
+        quick_args=("--repeats", "5", "--samples", "1,16", "--agents", "4,8")),
     "async_reward": Benchmark(
         "async_reward.py", "a slow reward scored while the rollout is generated (reward_chunks)",
         quick_args=("--repeats", "3")),
