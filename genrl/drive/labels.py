@@ -209,6 +209,8 @@ class SceneLabelRecipe:
                                                            "collected once and cached.")
     split: str = option(default="train", help="Split of the data set whose scenes are generated and labelled.")
     limit: int | None = option(default=None, help="Use the first N scenes of the split (null = all).")
+    every: int = option(default=1, help="Use every n-th scene of the split (before limit): a subset spread over "
+                                        "the families and seeds, which are stored one after the other.")
     generator: Literal["policy", "perturbed_log"] = option(
         default="policy", help="policy = the scene diffusion policy (generator_path / generator_recipe); "
                                "perturbed_log = the logged future with keyed ego perturbations (no model).")
@@ -238,6 +240,8 @@ class SceneLabelRecipe:
             raise ValueError("samples_per_scene: must be >= 2 (pairs are formed within a scene)")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit: must be >= 1 or null")
+        if self.every < 1:
+            raise ValueError("every: must be >= 1")
         if self.batch_size < 1:
             raise ValueError("batch_size: must be >= 1")
 
@@ -323,7 +327,7 @@ def label_scenes(recipe: SceneLabelRecipe, out_dir: Path, *, recipe_file: str | 
     """
     import time
 
-    from genrl.drive.dataset import load_scenes, read_spec
+    from genrl.drive.dataset import load_scenes, read_spec, select
     from genrl.hashing import path_sha256
     from genrl.preference.data import PreferencePairs, save_pairs
 
@@ -339,7 +343,8 @@ def label_scenes(recipe: SceneLabelRecipe, out_dir: Path, *, recipe_file: str | 
         if not data.is_absolute() and recipe_file and not data.exists():
             data = Path(recipe_file).parent / data
     spec = read_spec(data)
-    scene, _ = load_scenes(data, recipe.split, limit=recipe.limit)
+    scene, _ = load_scenes(data, recipe.split)
+    scene = select(scene, torch.arange(0, len(scene["history"]), recipe.every)[:recipe.limit])
     contexts = pack_context(spec, scene)
     n, s = len(contexts), recipe.samples_per_scene
     rules, names = build_rules(recipe, spec, recipe_file)

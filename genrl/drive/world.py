@@ -41,8 +41,26 @@ def _wrap(a):
     return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
-def make_env(family: str, seed: int, *, sim_hz: int = 10, **overrides):
-    """A reset highway-env environment of ``family`` (``FAMILIES``), simulated at ``sim_hz``."""
+# Driver styles are drawn per vehicle (IDM / MOBIL parameters), so that the same 2 s of history can go on in
+# several ways (a faster or slower target, an earlier or later lane change): the behaviour the generator
+# learns is multi-modal, as human traffic is, instead of one deterministic IDM response.
+DRIVER_STYLE = {"target_speed": (20.0, 30.0), "TIME_WANTED": (1.0, 2.0), "POLITENESS": (0.0, 0.5),
+                "LANE_CHANGE_MIN_ACC_GAIN": (0.05, 0.4), "COMFORT_ACC_MAX": (2.0, 4.0)}
+
+
+def draw_driver_style(rng) -> dict[str, float]:
+    return {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in DRIVER_STYLE.items()}
+
+
+def apply_driver_style(vehicle, style: dict[str, float]) -> None:
+    """Instance attributes shadow the IDM/MOBIL class constants for this vehicle only."""
+    for name, value in style.items():
+        setattr(vehicle, name, value)
+
+
+def make_env(family: str, seed: int, *, sim_hz: int = 10, randomize_drivers: bool = True, **overrides):
+    """A reset highway-env environment of ``family`` (``FAMILIES``), simulated at ``sim_hz``; the other
+    vehicles' driver styles are drawn from the environment's seeded generator (``DRIVER_STYLE``)."""
     if family not in FAMILIES:
         raise ValueError(f"family: expected one of {list(FAMILIES)}, got {family!r}")
     import gymnasium
@@ -53,6 +71,16 @@ def make_env(family: str, seed: int, *, sim_hz: int = 10, **overrides):
         warnings.simplefilter("ignore", DeprecationWarning)
         env = gymnasium.make(_ENV_IDS[family], config=config)
     env.reset(seed=seed)
+    if randomize_drivers:
+        from highway_env.vehicle.behavior import IDMVehicle
+
+        u = env.unwrapped
+        # The ego slot's style is drawn too (used if an IDM expert drives it), so that every planner of a
+        # seed meets the same traffic.
+        u._genrl_ego_style = draw_driver_style(u.np_random)
+        for v in u.road.vehicles:
+            if v is not u.vehicle and isinstance(v, IDMVehicle):
+                apply_driver_style(v, draw_driver_style(u.np_random))
     return env
 
 
@@ -82,12 +110,14 @@ def replace_ego(env, vehicle) -> None:
 
 
 def use_expert_ego(env):
-    """Replace the controlled vehicle by highway-env's IDM + MOBIL driver at the same state; returns it."""
+    """Replace the controlled vehicle by highway-env's IDM + MOBIL driver at the same state, with a drawn
+    driver style; returns it."""
     from highway_env.vehicle.behavior import IDMVehicle
 
     old = env.unwrapped.vehicle
     expert = IDMVehicle.create_from(old)
     expert.target_speed = old.target_speed
+    apply_driver_style(expert, getattr(env.unwrapped, "_genrl_ego_style", {}))  # drawn per episode by make_env
     replace_ego(env, expert)
     return expert
 
