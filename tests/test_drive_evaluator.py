@@ -205,7 +205,8 @@ def test_label_scenes_with_the_scene_diffusion_policy(tmp_path: Path) -> None:
     from genrl.rng import Purpose
 
     torch.manual_seed(0)
-    tiny = SceneDiffusionConfig(d_model=16, heads=2, encoder_layers=1, denoiser_layers=1, ffn_mult=2, num_steps=3)
+    tiny = SceneDiffusionConfig(d_model=16, heads=2, encoder_layers=1, denoiser_layers=1, ffn_mult=2, num_steps=3,
+                                accel_scale=4.0, yaw_rate_scale=0.5)  # random weights: spread plans widely
     policy = sd.SceneDiffusionPolicy(sd.SceneDiffusionPolicy.Config(model=tiny, scene=SPEC))
     data = _scene_data(tmp_path / "scenes", 4)
     report = label_scenes(_label_recipe(data, samples_per_scene=3), tmp_path / "labels",

@@ -78,7 +78,7 @@ class SceneDiffusionPretrainRecipe:
     ema_decay: float = option(default=0.999, help="EMA of the weights that is saved as the model; 0 = no EMA.")
     smooth_l1_beta: float = option(default=1.0, help="SmoothL1 transition point (m, rad, m/s) of the state loss.")
     action_loss_weight: float = option(default=0.1, help="Weight of the extra SmoothL1 in normalised action space.")
-    action_clip: float = option(default=3.0, help="Logged actions are clipped to +-action_clip x the action scale "
+    action_clip: float = option(default=12.0, help="Logged actions are clipped to +-action_clip x the action scale "
                                                   "(log noise, lane-change kinks).")
     eval_samples: int = option(default=6, help="S: samples per validation scene for minADE/minFDE.")
     log_every: int = option(default=50, help="Progress-bar loss every N steps.")
