@@ -1,8 +1,10 @@
 """One closed-loop episode: a planner drives the ego in highway-env among reactive IDM/MOBIL traffic.
 
-Every ``replan_every`` scene steps (2 Hz) the planner sees the ego's current scene context and returns an ego
-plan (future states in the ego frame); a ``PlanTracker`` follows it at the simulation rate (10 Hz). The
-episode's raw metrics are read from the simulator; scoring them is ``genrl.drive.score``'s job.
+The first H-1 scene steps (the history a scene needs, 2 s) are driven by the IDM expert for every planner, as
+nuPlan starts a closed-loop episode from the logged history; then every ``replan_every`` scene steps (2 Hz)
+the planner sees the ego's current scene context and returns an ego plan (future states in the ego frame),
+and a ``PlanTracker`` follows it at the simulation rate (10 Hz). Metrics cover the ``duration_s`` after the
+hand-over. The episode's raw metrics are read from the simulator; scoring them is ``genrl.drive.score``'s job.
 
 Same seed + same planner outputs -> the same metrics, bit for bit (only ``planner_ms``, a wall time, varies).
 """
@@ -89,8 +91,14 @@ def run_episode(family: str, seed: int, planner: str | Planner, *, spec: SceneSp
     env = make_env(family, seed, sim_hz=sim_hz)
     u = env.unwrapped
     n_ticks, tick_s = ticks_per_step(sim_hz, spec.dt), 1.0 / sim_hz
-    ego = use_expert_ego(env) if planner == "idm" else use_plan_tracker(env, dt=spec.dt)
+    ego = use_expert_ego(env)
     rec = recorder(env, spec)
+    for _ in range(spec.history_steps - 1):  # the logged history: every planner starts from the same 2 s
+        for _ in range(n_ticks):
+            tick(env, sim_hz)
+        rec.record()
+    if planner != "idm":
+        ego = use_plan_tracker(env, dt=spec.dt)
     network = u.road.network
     speeds, headings, ttcs = [float(ego.speed)], [float(ego.heading)], []
     off_road = crashed = ended = False
