@@ -59,9 +59,19 @@ def check_references(resolved: dict, recipe_file: str | None) -> list[Path]:
     return found
 
 
+def _existing(value: str, recipe_file: str | None) -> Path | None:
+    """The file or folder a recipe value names: as given, or relative to the recipe's folder (judge files)."""
+    p = Path(value).expanduser()
+    for cand in [p] + ([Path(recipe_file).parent / p] if recipe_file and not p.is_absolute() else []):
+        if cand.exists():
+            return cand
+    return None
+
+
 def input_hashes(resolved: dict, recipe_file: str | None, _seen: frozenset = frozenset()) -> dict[str, str]:
-    """Content hashes of everything a recipe reads, transitively: files and folders named by ``*_file`` /
-    ``*path`` keys, and every referenced ``*recipe`` (with what *it* reads). An artifact's cache key
+    """Content hashes of everything a recipe reads, transitively: files and folders named by ``file`` /
+    ``*_file`` / ``*path`` keys (a judge's or a reward's Python file too), and every referenced ``*recipe``
+    (with what *it* reads). An artifact's cache key
     includes them, so editing a labelling recipe retrains the reward model that was built from it."""
     from genrl.config.load import load_yaml
 
@@ -70,8 +80,10 @@ def input_hashes(resolved: dict, recipe_file: str | None, _seen: frozenset = fro
     def walk(node, key: str) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                if isinstance(v, str) and str(k).endswith(("_file", "path")) and Path(v).expanduser().exists():
-                    out[f"{key}.{k}"] = path_sha256(Path(v).expanduser())
+                found = _existing(v, recipe_file) if isinstance(v, str) and (
+                    str(k).endswith(("_file", "path")) or k == "file") else None
+                if found is not None:
+                    out[f"{key}.{k}"] = path_sha256(found)
                 else:
                     walk(v, f"{key}.{k}")
         elif isinstance(node, list):

@@ -103,7 +103,7 @@ def random_choice(num_candidates: int, seed: int, key: int) -> int:
 JUDGE_JERK = 4.13  # m/s^3: comfort term reaches 0 at nuPlan's jerk limit
 JUDGE_LAT_ACC = 4.89  # m/s^2
 JUDGE_TTC_CAP = 4.0  # s: a TTC margin beyond this earns nothing more
-JUDGE_TIE_BAND = 0.02
+JUDGE_TIE_BAND = 0.005
 
 
 def judge_scores(a: torch.Tensor, b: torch.Tensor, contexts, spec: SceneSpec | None = None
