@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,16 @@ from genrl.config.validate import ComponentSpec, RecipeError, component, option,
 from genrl.drive import geometry as geo
 from genrl.drive.scene import SceneSpec, actions_from_states, pack_context, unicycle_rollout, unpack_context
 from genrl.drive.selectors import comfort_progress_judge  # noqa: F401  (re-exported: the default judge)
-from genrl.preference.labelling import PREFER_A, PREFER_B, TIE, UNDECIDED, pair_index, run_cascade
+from genrl.preference.labelling import (
+    PREFER_A,
+    PREFER_B,
+    TIE,
+    UNDECIDED,
+    RuleConfig,
+    pair_index,
+    run_cascade,
+    write_labels,
+)
 from genrl.registry import LABEL_RULES
 from genrl.rng import Purpose, keyed_normal
 
@@ -41,18 +49,6 @@ if __name__ == "__main__":  # `python -m genrl.drive.labels`: run the imported m
     raise SystemExit(_main())
 
 GenerateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (contexts [B, C], sample ids [B]) -> [B, A, F, 4]
-
-
-@dataclass(kw_only=True)
-class RuleConfig:
-    """``genrl.preference.rules.RuleConfig``'s contract, restated: importing that module here would make an
-    import cycle (``genrl.preference.labelling`` imports this module at its end)."""
-
-    margin: float = option(default=0.0, help="Bradley–Terry margin of the pairs this rule decides (>= 0).")
-
-    def validate(self) -> None:
-        if self.margin < 0:
-            raise ValueError("margin: must be >= 0")
 
 
 def spec_for(spec: SceneSpec | None, samples: torch.Tensor, contexts: torch.Tensor) -> SceneSpec:
@@ -329,7 +325,7 @@ def label_scenes(recipe: SceneLabelRecipe, out_dir: Path, *, recipe_file: str | 
 
     from genrl.drive.dataset import load_scenes, read_spec, select
     from genrl.hashing import path_sha256
-    from genrl.preference.data import PreferencePairs, save_pairs
+    from genrl.preference.data import PreferencePairs
 
     if recipe.num_threads:
         torch.set_num_threads(recipe.num_threads)
@@ -401,18 +397,7 @@ def label_scenes(recipe: SceneLabelRecipe, out_dir: Path, *, recipe_file: str | 
               "data": {"path": str(data), "split": recipe.split, "sha256": path_sha256(data)},
               "scene_spec": spec.to_dict(), "recipe": to_dict(recipe),
               "seconds": {"generate": round(t_gen, 3), "total": round(time.perf_counter() - t0, 3)}}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not len(pairs):
-        raise RuntimeError(f"no pair was decided by the labeller ({report['ties']} ties, {report['undecided']} "
-                           f"undecided; per rule {report['by_rule']}); check the rules' thresholds")
-    target = out_dir / {"arrow": "pairs", "parquet": "pairs.parquet", "jsonl": "pairs.jsonl"}[fmt]
-    save_pairs(pairs, target, fmt)
-    report["output"] = {"path": target.name, "format": fmt}
-    (out_dir / "labels.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "checkpoint.json").write_text(json.dumps({"kind": "scene_preference_labels",
-                                                         "pairs": len(pairs)}) + "\n")
-    return report
+    return write_labels(pairs, report, Path(out_dir), fmt=fmt, kind="scene_preference_labels")
 
 
 def scene_labels_from_recipe(recipe: str, *, referenced_from: str | None = None, key: str = "") -> Path:

@@ -29,6 +29,17 @@ from genrl.rng import Purpose
 PREFER_A, PREFER_B, TIE, UNDECIDED = 1, -1, 0, 2
 
 
+@dataclass(kw_only=True)
+class RuleConfig:
+    """What every labelling rule's config has (rules subclass it)."""
+
+    margin: float = option(default=0.0, help="Bradley–Terry margin of the pairs this rule decides (>= 0).")
+
+    def validate(self) -> None:
+        if self.margin < 0:
+            raise ValueError("margin: must be >= 0")
+
+
 @dataclass
 class LabelRecipe:
     """A labelling recipe (``reward_models/*/label.yaml``)."""
@@ -173,16 +184,21 @@ def build_labels(config: LabelRecipe, out_dir: Path, *, recipe_file: str | None 
                  progress: bool = True) -> dict:
     """Label and write ``out_dir/pairs`` (Arrow folder, or pairs.parquet / pairs.jsonl) + ``labels.json``."""
     pairs, report = label_pairs(config, recipe_file=recipe_file, progress=progress)
-    out_dir = Path(out_dir)
+    return write_labels(pairs, report, Path(out_dir), fmt=fmt, kind="preference_labels")
+
+
+def write_labels(pairs: PreferencePairs, report: dict, out_dir: Path, *, fmt: str, kind: str) -> dict:
+    """Write ``out_dir/pairs`` (Arrow folder, or pairs.parquet / pairs.jsonl), ``labels.json`` (the report) and
+    the ``checkpoint.json`` that marks a complete labelling artifact; refuses an empty result."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not len(pairs):
         raise RuntimeError(f"no pair was decided by the labeller ({report['ties']} ties, {report['undecided']} "
-                           f"undecided); check the rules' thresholds")
+                           f"undecided; per rule {report['by_rule']}); check the rules' thresholds")
     target = out_dir / {"arrow": "pairs", "parquet": "pairs.parquet", "jsonl": "pairs.jsonl"}[fmt]
     save_pairs(pairs, target, fmt)
     report["output"] = {"path": target.name, "format": fmt}
     (out_dir / "labels.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "checkpoint.json").write_text(json.dumps({"kind": "preference_labels", "pairs": len(pairs)}) + "\n")
+    (out_dir / "checkpoint.json").write_text(json.dumps({"kind": kind, "pairs": len(pairs)}) + "\n")
     return report
 
 

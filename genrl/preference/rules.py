@@ -19,20 +19,13 @@ import torch
 
 from genrl.config.validate import RecipeError, option
 from genrl.eval.image_metrics import stroke_crispness
-from genrl.preference.labelling import PREFER_A, PREFER_B, TIE, UNDECIDED
+from genrl.preference.labelling import PREFER_A, PREFER_B, TIE, UNDECIDED, RuleConfig
 from genrl.registry import LABEL_RULES
 
 _CODES = {"a": PREFER_A, "b": PREFER_B, "tie": TIE, None: UNDECIDED, 1: PREFER_A, -1: PREFER_B, 0: TIE,
           2: UNDECIDED}
 
 
-@dataclass(kw_only=True)
-class RuleConfig:
-    margin: float = option(default=0.0, help="Bradley–Terry margin of the pairs this rule decides (>= 0).")
-
-    def validate(self) -> None:
-        if self.margin < 0:
-            raise ValueError("margin: must be >= 0")
 
 
 def _flat_images(x: torch.Tensor) -> torch.Tensor:
