@@ -21,7 +21,7 @@ import torch
 
 from genrl.config.validate import option
 from genrl.drive.scene import SceneSpec, pack_context
-from genrl.rng import Purpose, keyed_randint
+from genrl.rng import Purpose
 
 SELECTORS = ("first", "evaluator", "random", "pdm")
 
@@ -92,7 +92,9 @@ def make_selector(kind: str, spec: SceneSpec, *, evaluator: str | None = None, s
                   device: str = "cpu") -> Callable[[torch.Tensor, torch.Tensor, int], int]:
     """``choose(states [S, A, F, 4], packed [S, C], key) -> index`` for a selector name."""
     if kind == "random":
-        return lambda states, packed, key: int(keyed_randint(len(states), 1, seed, Purpose.EVAL, key)[0])
+        from genrl.drive.selectors import random_choice
+
+        return lambda states, packed, key: random_choice(len(states), seed, key)
     if kind == "pdm":
         from genrl.drive.selectors import pdm_score
 
