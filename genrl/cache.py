@@ -28,11 +28,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("GENRL_CACHE", "~/.cache/genrl")).expanduser()
 
 
-def resolve_recipe_path(path: str, *, referenced_from: str | None = None, key: str = "") -> Path:
-    """A recipe path as written in another recipe: absolute, relative to the working directory,
-    or relative to the project root (so recipes work from any directory in a source checkout)."""
+def lookup_candidates(path: str | Path) -> list[Path]:
+    """Where a path written in a recipe may be: itself if absolute, else relative to the working directory,
+    then to the project root (so recipes and data paths work from any directory of a source checkout)."""
     p = Path(path).expanduser()
-    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]):
+    return [p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]
+
+
+def resolve_recipe_path(path: str, *, referenced_from: str | None = None, key: str = "") -> Path:
+    """A recipe path as written in another recipe (see :func:`lookup_candidates`)."""
+    for cand in lookup_candidates(path):
         if cand.is_file():
             return cand.resolve()
     raise RecipeError(referenced_from, key, f"recipe file {path!r} not found (looked in {Path.cwd()} and {PROJECT_ROOT})")

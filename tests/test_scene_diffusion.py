@@ -136,11 +136,10 @@ def test_pretraining_lowers_validation_loss_and_writes_a_loadable_base(base: Pat
 
 
 def test_missing_data_set_is_a_clear_error(tmp_path: Path) -> None:
-    from genrl.drive.dataset import SceneDataError
-    from genrl.pretrain.scene_diffusion import resolve_data_path
+    from genrl.drive.dataset import SceneDataError, scene_data_folder
 
     with pytest.raises(SceneDataError, match="not found.*genrl drive collect"):
-        resolve_data_path(str(tmp_path / "nope"))
+        scene_data_folder(str(tmp_path / "nope"), None)
 
 
 # ------------------------------------------------------------------------------ the model

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from genrl.cache import PROJECT_ROOT
+from genrl.cache import PROJECT_ROOT, lookup_candidates
 
 SUFFIXES = (".txt", ".jsonl", ".json")
 _EXPECTED = "a .txt, .jsonl or .json file, or a folder written by datasets' save_to_disk"
@@ -58,11 +58,10 @@ def resolve_data_path(path: str | Path) -> Path:
     """A data path as written in a recipe: absolute, relative to the working directory, or relative to the
     project root (as recipe paths are, see :func:`genrl.cache.resolve_recipe_path`), so ``data/prompts/...``
     works from any directory of a source checkout."""
-    p = Path(path).expanduser()
-    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]):
+    for cand in lookup_candidates(path):
         if cand.exists():
             return cand.resolve()
-    where = "" if p.is_absolute() else f" (looked in {Path.cwd()} and {PROJECT_ROOT})"
+    where = "" if Path(path).expanduser().is_absolute() else f" (looked in {Path.cwd()} and {PROJECT_ROOT})"
     raise FileNotFoundError(f"prompt file {str(path)!r} not found{where}; expected {_EXPECTED}")
 
 

@@ -127,6 +127,27 @@ def load_scenes(path: str | Path, split: str, *, spec: SceneSpec | None = None,
     return scene, meta
 
 
+def scene_data_folder(path: str | None, collect_recipe: str | None, *, referenced_from: str | None = None,
+                      key: str = "data", relative_to: Path | None = None) -> Path:
+    """The scene data set a config names: the (cached) output of a collection recipe, or a folder looked up
+    like recipe paths (``genrl.cache.lookup_candidates``), then in ``relative_to`` (a recipe's own folder)."""
+    where = f"{key}." if key else ""
+    if collect_recipe:
+        from genrl.drive.collect import scenes_from_recipe
+
+        return scenes_from_recipe(collect_recipe, referenced_from=referenced_from, key=f"{where}collect_recipe")
+    from genrl.cache import PROJECT_ROOT, lookup_candidates
+
+    p = Path(path).expanduser()
+    extra = [relative_to / p] if relative_to is not None and not p.is_absolute() else []
+    for cand in lookup_candidates(p) + extra:
+        if cand.is_dir():
+            return cand.resolve()
+    looked = ", ".join(str(d) for d in [Path.cwd(), PROJECT_ROOT, *([relative_to] if extra else [])])
+    raise SceneDataError(f"{where}path: scene data set {path!r} not found (looked in {looked}); "
+                         "write one with `genrl drive collect`")
+
+
 def select(scene: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
     index = torch.as_tensor(index, dtype=torch.long)
     return {k: v[index] for k, v in scene.items()}

@@ -323,21 +323,15 @@ def label_scenes(recipe: SceneLabelRecipe, out_dir: Path, *, recipe_file: str | 
     """
     import time
 
-    from genrl.drive.dataset import load_scenes, read_spec, select
+    from genrl.drive.dataset import load_scenes, read_spec, scene_data_folder, select
     from genrl.hashing import path_sha256
     from genrl.preference.data import PreferencePairs
 
     if recipe.num_threads:
         torch.set_num_threads(recipe.num_threads)
     t0 = time.perf_counter()
-    if recipe.collect_recipe is not None:
-        from genrl.drive.collect import scenes_from_recipe
-
-        data = scenes_from_recipe(recipe.collect_recipe, referenced_from=recipe_file, key="collect_recipe")
-    else:
-        data = Path(recipe.data).expanduser()
-        if not data.is_absolute() and recipe_file and not data.exists():
-            data = Path(recipe_file).parent / data
+    data = scene_data_folder(recipe.data, recipe.collect_recipe, referenced_from=recipe_file, key="",
+                             relative_to=Path(recipe_file).parent if recipe_file else None)
     spec = read_spec(data)
     scene, _ = load_scenes(data, recipe.split)
     scene = select(scene, torch.arange(0, len(scene["history"]), recipe.every)[:recipe.limit])

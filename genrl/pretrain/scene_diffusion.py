@@ -21,9 +21,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from genrl.cache import PROJECT_ROOT, cached_artifact, resolve_recipe_path
+from genrl.cache import cached_artifact, resolve_recipe_path
 from genrl.config.validate import option
-from genrl.drive.dataset import SceneDataError, load_scenes, read_spec
+from genrl.drive.dataset import SceneDataError, load_scenes, read_spec, scene_data_folder
 from genrl.drive.scene import SceneSpec, actions_from_states
 from genrl.models.scene_diffusion import (
     DDPMSchedule,
@@ -90,26 +90,6 @@ class SceneDiffusionPretrainRecipe:
             raise ValueError("model.num_steps: must be >= 2")
         if self.action_clip <= 0 or self.smooth_l1_beta <= 0:
             raise ValueError("action_clip: action_clip and smooth_l1_beta must be > 0")
-
-
-def resolve_data_path(path: str) -> Path:
-    """A data set folder: absolute, relative to the working directory, or relative to the project root."""
-    p = Path(path).expanduser()
-    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]):
-        if cand.is_dir():
-            return cand.resolve()
-    raise SceneDataError(f"data.path: scene data set {path!r} not found (looked in {Path.cwd()} and {PROJECT_ROOT}); "
-                         "write one with `genrl drive collect`")
-
-
-def scene_data_folder(path: str | None, collect_recipe: str | None, *, referenced_from: str | None = None,
-                      key: str = "data") -> Path:
-    """The scene data set a config names: a folder, or the (cached) output of a collection recipe."""
-    if collect_recipe:
-        from genrl.drive.collect import scenes_from_recipe
-
-        return scenes_from_recipe(collect_recipe, referenced_from=referenced_from, key=f"{key}.collect_recipe")
-    return resolve_data_path(path)
 
 
 def target_actions(scene: dict[str, torch.Tensor], cfg: SceneDiffusionConfig, dt: float, clip: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from genrl.config.validate import option
-from genrl.drive.dataset import load_scenes, read_spec
+from genrl.drive.dataset import load_scenes, read_spec, scene_data_folder
 from genrl.drive.scene import pack_context
 from genrl.policies.scene_diffusion import SceneItems
 from genrl.prompts.order import epoch_slice
@@ -41,8 +41,6 @@ class DrivingScenePrompts:
                 raise ValueError("limit: must be >= 1 or null")
 
     def __init__(self, config: Config, *, seed: int) -> None:
-        from genrl.pretrain.scene_diffusion import scene_data_folder
-
         self.config, self.seed = config, seed
         self.path = scene_data_folder(config.path, config.collect_recipe, key="prompts")
         self.spec = read_spec(self.path)
