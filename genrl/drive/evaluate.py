@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from genrl.config.validate import option, to_dict
+from genrl.drive.collect import SeedRange
 from genrl.drive.planner import PlannerRow
 from genrl.drive.scene import SceneSpec
 from genrl.drive.score import episode_score, mean_ci
@@ -28,16 +29,11 @@ EXPERT_ROW = "idm_expert"
 
 
 @dataclass
-class SeedRange:
+class EvalSeeds(SeedRange):
+    """The collection's seed range with both fields required: an evaluation names its seeds explicitly."""
+
     start: int = option(help="First simulator seed.")
     count: int = option(help="Number of consecutive seeds (episodes per family and row).")
-
-    def validate(self) -> None:
-        if self.count < 1 or self.start < 0:
-            raise ValueError("count: need count >= 1 and start >= 0")
-
-    def seeds(self) -> list[int]:
-        return list(range(self.start, self.start + self.count))
 
 
 @dataclass
@@ -46,7 +42,7 @@ class DriveEvalRecipe:
 
     kind: Literal["drive_eval"] = option(help="Recipe kind; must be drive_eval.")
     rows: list[PlannerRow] = option(help="The planners compared (one table row each).")
-    seeds: SeedRange = option(help="Simulator seeds of the episodes (held out from the training data).")
+    seeds: EvalSeeds = option(help="Simulator seeds of the episodes (held out from the training data).")
     families: list[str] = option(default_factory=lambda: ["highway", "merge"], help="Scenario families.")
     spec: SceneSpec = option(default_factory=SceneSpec, help="Scene layout of the rule planners' context "
                                                              "(generator rows use their model's own).")
@@ -143,10 +139,7 @@ def check_heldout(recipe: DriveEvalRecipe, recipe_file: str | None) -> None:
 
     path = resolve_recipe_path(recipe.heldout_from, referenced_from=recipe_file, key="heldout_from")
     collect, _ = load_recipe(path, CollectRecipe)
-    used = set()
-    for split in ("train", "validation"):
-        r = getattr(collect, split)
-        used |= set(range(r.start, r.start + r.count))
+    used = set(collect.train.seeds()) | set(collect.validation.seeds())
     overlap = sorted(used & set(recipe.seeds.seeds()))
     if overlap:
         raise RecipeError(recipe_file, "seeds", f"seeds {overlap[:5]}... were used for training/validation scenes "
